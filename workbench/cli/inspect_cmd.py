@@ -1,0 +1,34 @@
+import click
+
+from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, table
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path())
+@model_options
+@json_option
+def inspect_cmd(model, trust_model, factory, input_shape, as_json):
+    """Describe MODEL: format, inputs and outputs, parameters, per-layer MACs and ops.
+
+    Reads .tflite, .onnx, .ort, Keras (.keras, .h5, SavedModel) and PyTorch (TorchScript,
+    .pt2, state_dict with --factory) models; the format is detected from the content.
+    """
+    from workbench import api
+
+    info = api.inspect(model, load_options(trust_model, factory, input_shape))
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"{info['path']}: {info['format']} ({info['framework']}), {human_bytes(info['file_bytes'])}")
+    click.echo(f"parameters: {info['parameters']:,}   MACs per inference: {info['macs']:,}")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            q = f" scale={s['scale']:.6g} zero_point={s['zero_point']}" if "scale" in s else ""
+            lay = f" {s['layout']}" if s.get("layout") else ""
+            click.echo(f"{kind[:-1]:>6}: {s['name']} {s['shape']} {s['dtype']}{lay}{q}")
+    rows = [[r["name"][:48], r["op"], r.get("shape"), r.get("dtype", ""), f"{r.get('params', 0):,}", f"{r.get('macs', 0):,}"] for r in info["layers"]]
+    if rows:
+        click.echo()
+        click.echo(table(rows, ["layer", "op", "output shape", "dtype", "params", "MACs"]))
+    click.echo()
+    click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["op_counts"].items())))
