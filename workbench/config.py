@@ -1,0 +1,53 @@
+"""Frozen configs, validated at construction so impossible combinations fail early."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from workbench.errors import ConfigError
+
+SCHEMES = ("float", "fp16", "dynamic", "int8", "int16x8")
+CALIBRATED = ("int8", "int16x8")
+IO_DTYPES = ("float32", "int8", "uint8", "int16")
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+EXPORT_FORMATS = ("tflite", "onnx", "ort", "tflm")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Post-training quantization. ``io_dtype=None`` takes the format's convention:
+    int8 I/O for full-integer TFLite (as TFLite Micro and Edge Impulse use), float I/O otherwise."""
+
+    scheme: str = "float"
+    io_dtype: str | None = None
+    per_channel: bool = True
+    calibrator: str = "minmax"
+    calib_samples: int = 200
+    keep_float: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"Unknown scheme '{self.scheme}'. Valid: {', '.join(SCHEMES)}.")
+        if self.io_dtype is not None and self.io_dtype not in IO_DTYPES:
+            raise ConfigError(f"Unknown I/O dtype '{self.io_dtype}'. Valid: {', '.join(IO_DTYPES)}.")
+        if self.calibrator not in CALIBRATORS:
+            raise ConfigError(f"Unknown calibrator '{self.calibrator}'. Valid: {', '.join(CALIBRATORS)}.")
+        if self.io_dtype in ("int8", "uint8") and self.scheme != "int8":
+            raise ConfigError(f"--io-dtype {self.io_dtype} needs --scheme int8 (a {self.scheme} model computes in float or int16).",
+                              hint="Use --scheme int8, or leave --io-dtype at float32.")
+        if self.io_dtype == "int16" and self.scheme != "int16x8":
+            raise ConfigError("--io-dtype int16 goes with --scheme int16x8 only.")
+        if self.calib_samples <= 0:
+            raise ConfigError(f"--calib-samples must be positive, got {self.calib_samples}.")
+        if self.keep_float and self.scheme not in CALIBRATED:
+            raise ConfigError("--keep-float applies to int8 and int16x8 models (the float layers of a mixed-precision model).")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.scheme in CALIBRATED
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep_float"] = list(self.keep_float)
+        return d

@@ -1,0 +1,91 @@
+"""Accuracy and agreement between a reference model and a candidate, on the same samples.
+
+With labels: top-1 accuracy of each and the drop in points. Always: argmax agreement,
+SQNR (dB), cosine similarity and max-abs error of the candidate's outputs against the
+reference's. Both sides are run in their real runtimes by :mod:`workbench.runtimes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from workbench.data.dataset import Dataset, fit_to_input
+from workbench.runtimes.base import Runner
+
+
+def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio: 10 log10(sum ref^2 / sum (ref - cand)^2)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    noise = np.sum((ref - np.asarray(cand, dtype=np.float64)) ** 2)
+    signal = np.sum(ref**2)
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
+
+
+def cosine(ref: np.ndarray, cand: np.ndarray) -> float:
+    a = np.asarray(ref, dtype=np.float64).ravel()
+    b = np.asarray(cand, dtype=np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def agreement(ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    ref = np.asarray(ref, dtype=np.float32).reshape(len(ref), -1)
+    cand = np.asarray(cand, dtype=np.float32).reshape(len(cand), -1)
+    out = {
+        "samples": int(len(ref)),
+        "argmax_agreement": float(np.mean(ref.argmax(1) == cand.argmax(1))) if ref.shape[1] > 1 else None,
+        "sqnr_db": sqnr_db(ref, cand),
+        "cosine": cosine(ref, cand),
+        "max_abs_error": float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
+    }
+    if labels is not None and ref.shape[1] > 1:
+        ra = float(np.mean(ref.argmax(1) == labels))
+        ca = float(np.mean(cand.argmax(1) == labels))
+        out.update({"reference_accuracy": ra, "accuracy": ca, "accuracy_drop": round((ra - ca) * 100, 4)})
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    reference: str
+    candidate: str
+    data: str
+    metrics: dict
+    reference_runtime: dict
+    candidate_runtime: dict
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "candidate": self.candidate, "data": self.data, **self.metrics,
+                "reference_runtime": self.reference_runtime, "candidate_runtime": self.candidate_runtime}
+
+
+def predict(runner: Runner, data: Dataset, name: str = "the model") -> np.ndarray:
+    spec = runner.inputs[0]
+    x = fit_to_input(data.x, spec.shape, spec.layout, data.name, name)
+    return runner.predict(x)
+
+
+def compare_runners(ref: Runner, cand: Runner, data: Dataset, ref_name: str = "reference", cand_name: str = "candidate") -> Comparison:
+    y_ref = predict(ref, data, ref_name)
+    y_cand = predict(cand, data, cand_name)
+    if y_ref.shape != y_cand.shape:
+        from workbench.errors import DataError
+
+        raise DataError(f"The two models give outputs of different shapes: {ref_name} {y_ref.shape[1:]}, {cand_name} {y_cand.shape[1:]}.",
+                        hint="Compare models that compute the same function.")
+    return Comparison(reference=ref_name, candidate=cand_name, data=data.name, metrics=agreement(y_ref, y_cand, data.y),
+                      reference_runtime=ref.info(), candidate_runtime=cand.info())
+
+
+def accuracy(runner: Runner, data: Dataset, name: str = "the model") -> float | None:
+    if data.y is None:
+        return None
+    return float(np.mean(predict(runner, data, name).argmax(1) == data.y))

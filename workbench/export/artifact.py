@@ -1,0 +1,73 @@
+"""An exported artifact and its manifest (JSON beside it).
+
+The manifest records what is needed to reproduce and trust the file: source and artifact
+hashes, the config used, tool and library versions, sizes and the measured metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench import __version__
+from workbench.files import sha256_file, write_json_atomic
+
+VERSIONED = ("numpy", "tensorflow", "tf-keras", "keras", "tensorflow-model-optimization", "torch", "litert-torch",
+             "torchao", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime", "onnxscript", "tflite-micro")
+
+
+def library_versions(names=VERSIONED) -> dict:
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    format: str  # tflite | onnx | ort | tflm
+    source: Path | None
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        p = self.path
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".json") if not self.path.is_dir() else self.path / "manifest.json"
+
+    def manifest(self) -> dict:
+        return {
+            "schema": "workbench.artifact/1",
+            "artifact": {"path": self.path.name, "format": self.format, "bytes": self.bytes, "sha256": self.sha256},
+            "source": None if self.source is None else {
+                "path": self.source.name, "sha256": sha256_file(self.source),
+                "bytes": self.source.stat().st_size if self.source.is_file() else None},
+            "config": self.config,
+            "metrics": self.metrics,
+            **self.extra,
+            "tool": {"workbench": __version__, "python": platform.python_version()},
+            "libraries": library_versions(),
+        }
+
+    def with_metrics(self, **metrics) -> "Artifact":
+        from dataclasses import replace
+
+        return replace(self, metrics={**self.metrics, **metrics})
+
+    def write_manifest(self) -> Path:
+        return write_json_atomic(self.manifest_path, self.manifest())
