@@ -21,7 +21,7 @@ DTYPE_BYTES = {
 class Tensor:
     index: int
     name: str
-    shape: tuple | None  # None when unknown
+    shape: tuple | None  # None when unknown; dynamic dimensions appear as None
     dtype: str
     const: bool = False
     scale: tuple = ()  # quantization scales (one per channel or one)
@@ -29,8 +29,14 @@ class Tensor:
 
     @property
     def elements(self) -> int | None:
-        if self.shape is None or any(d is None or d < 0 for d in self.shape):
+        """Element count for one inference: a dynamic leading (batch) dimension counts as 1."""
+        if self.shape is None:
             return None
+        dims = [1 if (i == 0 and (d is None or d < 0)) else d for i, d in enumerate(self.shape)]
+        if any(d is None or d < 0 for d in dims):
+            return None
+        if dims != list(self.shape):
+            return int(math.prod(dims))
         return int(math.prod(self.shape)) if self.shape else 1
 
     @property

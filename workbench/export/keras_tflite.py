@@ -1,0 +1,139 @@
+"""Keras 3, tf_keras and SavedModel models to .tflite through TensorFlow's TFLiteConverter.
+
+Schemes map onto the converter's documented settings:
+float (no optimization), fp16 (float16 weights), dynamic (int8 weights, float activations),
+int8 (full integer, calibrated), int16x8 (int16 activations, int8 weights, calibrated).
+Mixed precision (``keep_float``) goes through TensorFlow's QuantizationDebugger with the
+named layers' output tensors on its deny list.
+"""
+
+from __future__ import annotations
+
+from workbench.errors import RuntimeFailure, UnsupportedError
+from workbench.export.convert import EXPORTERS, Exporter, ExportJob
+from workbench.quiet import captured_output, quiet_frameworks
+
+
+def import_tf():
+    quiet_frameworks()
+    from workbench.errors import require
+
+    with captured_output(python_streams=False):
+        return require("tensorflow", "tf", "Converting Keras models to TFLite")
+
+
+def make_converter(job: ExportJob):
+    tf = import_tf()
+    h = job.handle
+    with captured_output():
+        if h.format == "savedmodel":
+            conv = tf.lite.TFLiteConverter.from_saved_model(str(h.path))
+        else:
+            conv = tf.lite.TFLiteConverter.from_keras_model(batch_one(h))
+    return tf, conv
+
+
+def batch_one(handle):
+    """The model rebuilt with batch size 1, as edge runtimes run it. Static shapes keep the graph
+    free of the SHAPE/STRIDED_SLICE/PACK ops a dynamic batch adds, and TFLite Micro needs them.
+    Subclassed models, which cannot be cloned, are converted as they are."""
+    model = handle.obj
+    if handle.meta.get("keras_api") == 3:
+        import keras
+    else:
+        import tf_keras as keras
+    try:
+        inputs = [keras.Input(batch_shape=(1, *s.shape[1:]), dtype=s.dtype, name=s.name) for s in handle.inputs]
+        clone = keras.models.clone_model(model, input_tensors=inputs if len(inputs) > 1 else inputs[0])
+        clone.set_weights(model.get_weights())
+        return clone
+    except (ValueError, TypeError, AttributeError):
+        return model
+
+
+def _representative(x):
+    def gen():
+        for i in range(len(x)):
+            yield [x[i : i + 1]]
+
+    return gen
+
+
+def _io_type(tf, name: str):
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[name]
+
+
+def configure(tf, conv, job: ExportJob) -> dict:
+    cfg = job.config
+    recipe = {"converter": "tf.lite.TFLiteConverter", "scheme": cfg.scheme}
+    if cfg.scheme == "float":
+        return recipe
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if cfg.scheme == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif cfg.scheme == "dynamic":
+        pass
+    elif cfg.scheme == "int8":
+        conv.representative_dataset = _representative(job.calib)
+        io = cfg.io_dtype or "int8"
+        if not cfg.keep_float:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = _io_type(tf, io)
+        conv.inference_output_type = _io_type(tf, io)
+        recipe["io_dtype"] = io
+    elif cfg.scheme == "int16x8":
+        conv.representative_dataset = _representative(job.calib)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        io = cfg.io_dtype or "float32"
+        conv.inference_input_type = _io_type(tf, io)
+        conv.inference_output_type = _io_type(tf, io)
+        recipe["io_dtype"] = io
+    if not cfg.per_channel:
+        set_per_tensor(conv)
+    recipe["per_channel"] = cfg.per_channel
+    return recipe
+
+
+def set_per_tensor(conv) -> None:
+    """TFLiteConverter has no public per-tensor switch; this private attribute is the one it reads.
+    tests/test_ptq.py checks it still exists and still changes the result."""
+    if not hasattr(conv, "_experimental_disable_per_channel"):
+        raise UnsupportedError("This TensorFlow version no longer has the per-tensor switch; use --per-channel.")
+    conv._experimental_disable_per_channel = True
+
+
+def convert_bytes(job: ExportJob) -> tuple[bytes, dict]:
+    tf, conv = make_converter(job)
+    recipe = configure(tf, conv, job)
+    try:
+        with captured_output() as cap:
+            if job.config.keep_float:
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=conv, debug_dataset=_representative(job.calib),
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(job.config.keep_float)))
+                data = debugger.get_nondebug_quantized_model()
+                recipe["float_layers"] = list(job.config.keep_float)
+            else:
+                data = conv.convert()
+    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
+        raise RuntimeFailure(_converter_message(job, exc, cap.text if "cap" in locals() else ""),
+                             hint="Try another --scheme, or keep the failing layer in float with --keep-float.") from None
+    return data, recipe
+
+
+def _converter_message(job: ExportJob, exc: Exception, log: str) -> str:
+    text = str(exc).strip() or log
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    key = next((ln for ln in lines if "not supported" in ln or "failed to legalize" in ln.lower() or "error:" in ln), lines[0] if lines else type(exc).__name__)
+    return f"TFLite conversion of '{job.handle.path}' ({job.config.scheme}) failed: {key[:400]}"
+
+
+def run(job: ExportJob) -> dict:
+    data, recipe = convert_bytes(job)
+    job.out.write_bytes(data)
+    return recipe
+
+
+EXPORTERS.add(("keras", "tflite"), Exporter(run=run, schemes=("float", "fp16", "dynamic", "int8", "int16x8"),
+                                            calibrators=("minmax",), per_tensor=True, keep_float=True,
+                                            note="TFLite's converter calibrates with min/max only; percentile and entropy are available for --format onnx."))

@@ -1,0 +1,40 @@
+"""Shared by the PyTorch exporters: a traceable module and a sample input."""
+
+from __future__ import annotations
+
+from workbench.errors import ConfigError, UnsupportedError
+from workbench.frontends.handle import ModelHandle
+from workbench.quiet import captured_output, quiet_frameworks
+
+
+def import_torch():
+    quiet_frameworks()
+    from workbench.errors import require
+
+    with captured_output(python_streams=False):
+        return require("torch", "torch", "Exporting PyTorch models")
+
+
+def import_litert_torch():
+    """litert_torch prints loader noise from torchao and absl at import: keep it off the user's terminal."""
+    quiet_frameworks()
+    from workbench.errors import require
+
+    with captured_output(python_streams=False):
+        require("torch", "torch", "Converting PyTorch models to TFLite")
+        return require("litert_torch", "torch", "Converting PyTorch models to TFLite")
+
+
+def traceable(handle: ModelHandle):
+    torch = import_torch()
+    model = handle.obj
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedError(
+            f"'{handle.path}' is TorchScript, which torch.export (used by litert-torch and the ONNX exporter) cannot trace.",
+            hint="Export from the Python model instead: a state_dict with --factory, or an ExportedProgram (.pt2).",
+        )
+    if not handle.inputs or handle.inputs[0].shape is None or None in handle.inputs[0].shape:
+        raise ConfigError(f"The input shape of '{handle.path}' is unknown.", hint="Pass --input-shape, batch first (e.g. 1,1,28,28).")
+    model.eval()
+    sample = torch.zeros(*handle.inputs[0].shape)
+    return torch, model, sample
