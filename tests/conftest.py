@@ -67,3 +67,48 @@ def digits_tflite_int8(artifacts, digits_keras_path) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def torch_digits_handle(digits_torch_path):
+    from workbench.frontends import load
+
+    return load(digits_torch_path, factory=DIGITS_FACTORY)
+
+
+@pytest.fixture(scope="session")
+def model_zoo(artifacts, digits_keras_path, digits_torch_path):
+    """The digits reference model saved in every format users bring (built once per session)."""
+    import torch
+
+    from workbench.builtin.models import reference
+    from workbench.frontends import load
+
+    zoo = {"keras": digits_keras_path, "state_dict": digits_torch_path}
+    tm = load(digits_torch_path, factory=DIGITS_FACTORY).obj
+    x = torch.zeros(1, 1, 8, 8)
+    zoo["torchscript"] = artifacts / "digits.ts"
+    torch.jit.save(torch.jit.trace(tm, x), zoo["torchscript"])
+    zoo["exported_program"] = artifacts / "digits.pt2"
+    torch.export.save(torch.export.export(tm, (x,)), zoo["exported_program"])
+    zoo["onnx"] = artifacts / "digits.onnx"
+    from workbench import api
+
+    api.convert(digits_torch_path, "onnx", zoo["onnx"], load_options=api.LoadOptions(factory=DIGITS_FACTORY), write_manifest=False)
+    import tf_keras
+
+    km = reference.digits_keras()  # Keras 3 -> also save a Keras 2 (tf_keras) .h5 twin with the same architecture
+    k2 = tf_keras.Sequential([tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu", input_shape=(8, 8, 1)),
+                              tf_keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+                              tf_keras.layers.Flatten(), tf_keras.layers.Dense(10)])
+    k2.set_weights(load(digits_keras_path).obj.get_weights())
+    zoo["h5"] = artifacts / "digits.h5"
+    k2.save(zoo["h5"])
+    zoo["savedmodel"] = artifacts / "digits_savedmodel"
+    import tensorflow as tf
+
+    tf.saved_model.save(k2, str(zoo["savedmodel"]))
+    del km
+    zoo["tflite"] = artifacts / "digits_zoo.tflite"
+    api.convert(digits_keras_path, "tflite", zoo["tflite"], write_manifest=False)
+    return zoo

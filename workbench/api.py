@@ -50,3 +50,43 @@ def convert(model, fmt: str, out: str | Path, *, scheme: str = "float", calib=No
     if write_manifest:
         art.write_manifest()
     return art
+
+
+def evaluate(reference, candidate, data, *, samples: int | None = 1000, seed: int = 0, split: str = "test",
+             load_options: LoadOptions | None = None, reference_runtime: str | None = None,
+             candidate_runtime: str | None = None):
+    """Run both models in their real runtimes on the same samples and compare (accuracy, drop, SQNR...)."""
+    from workbench.evaluate import compare_runners
+    from workbench.runtimes import open_runner
+
+    ds = _dataset(data, split, limit=samples, seed=seed if samples else None)
+    ref = reference if isinstance(reference, ModelHandle) else load(reference, load_options)
+    cand = candidate if isinstance(candidate, ModelHandle) else load(candidate)
+    return compare_runners(open_runner(ref, reference_runtime), open_runner(cand, candidate_runtime), ds,
+                           ref_name=str(ref.path), cand_name=str(cand.path))
+
+
+def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_options: LoadOptions | None = None,
+                overwrite: bool = False, target: str | None = None, name: str | None = None, layout: str = "plain",
+                lang: str = "cpp", labels=None, section: str | None = None, force: bool = False, **quant):
+    """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default)."""
+    import tempfile
+
+    from workbench.export.tflm_sources import write_tflm_project
+    from workbench.files import check_output
+
+    handle = model if isinstance(model, ModelHandle) else load(model, load_options)
+    check_output(out, overwrite)
+    label_list = None
+    if labels:
+        from workbench.files import check_input_file
+
+        label_list = [ln.strip() for ln in check_input_file(labels, "labels").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    with tempfile.TemporaryDirectory(prefix="workbench-tflm-") as tmp:
+        src = handle.path
+        if handle.format != "tflite":
+            src = Path(tmp) / (Path(handle.path).stem + ".tflite")
+            quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
+            convert(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
+        return write_tflm_project(src, out, name=name or Path(handle.path).stem, target=target, layout=layout, lang=lang,
+                                  labels=label_list, section=section, force=force, overwrite=overwrite)

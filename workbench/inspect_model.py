@@ -32,7 +32,8 @@ def describe(handle: ModelHandle) -> dict:
         "inputs": [s.to_dict() for s in handle.inputs],
         "outputs": [s.to_dict() for s in handle.outputs],
         "parameters": int(params),
-        "macs": int(sum(r.get("macs", 0) for r in layers)),
+        "macs": None if handle.meta.get("macs_unknown") else int(sum(r.get("macs", 0) for r in layers)),
+        **({"note": handle.meta["macs_unknown"]} if handle.meta.get("macs_unknown") else {}),
         "op_counts": dict(Counter(r["op"] for r in layers)),
         "layers": layers,
     }
@@ -106,36 +107,53 @@ def _keras_macs(layer, cls: str, out_shape) -> int:
 
 @LAYER_TABLES.register("torch")
 def _torch_rows(handle: ModelHandle) -> list[dict]:
+    """One row per ATen op of the model traced with torch.export; MACs from the traced shapes."""
     import torch
 
     model = handle.obj
+    if isinstance(model, torch.jit.ScriptModule):
+        # TorchScript cannot be re-traced by torch.export: list layers with their parameters; MACs stay unknown.
+        handle.meta["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        handle.meta["macs_unknown"] = "TorchScript cannot be traced by torch.export; save an ExportedProgram (.pt2) for per-layer MACs"
+        return [{"name": n, "op": m.original_name, "shape": None, "dtype": "", "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
+                 "macs": 0} for n, m in model.named_modules() if n and not list(m.children())]
     if not handle.inputs or handle.inputs[0].shape is None:
         return []
-    shape = [d or 1 for d in handle.inputs[0].shape]
-    rows: list[dict] = []
-    hooks = []
-
-    def hook(mod, inp, out, name):
-        o = out[0] if isinstance(out, (tuple, list)) else out
-        n_out = o.numel() // max(1, o.shape[0])
-        macs = 0
-        if isinstance(mod, torch.nn.Conv2d | torch.nn.Conv1d):
-            macs = n_out * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-        elif isinstance(mod, torch.nn.Linear):
-            macs = n_out * mod.in_features
-        params = sum(p.numel() for p in mod.parameters(recurse=False))
-        rows.append({"name": name, "op": type(mod).__name__, "shape": [1, *o.shape[1:]], "dtype": str(o.dtype).replace("torch.", ""),
-                     "params": int(params), "macs": int(macs)})
-
-    if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        for name, mod in model.named_modules():
-            if not list(mod.children()):
-                hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: hook(m, i, o, n)))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(*shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    handle.meta["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    ep = handle.meta.get("exported_program")
+    if ep is None:
+        ep = torch.export.export(model, (torch.zeros(*[d or 1 for d in handle.inputs[0].shape]),))
+    params = {**ep.graph_signature.inputs_to_parameters, **ep.graph_signature.inputs_to_buffers}
+    state = ep.state_dict
+    rows = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or not hasattr(node.target, "_schema"):
+            continue
+        val = node.meta.get("val")
+        out = val[0] if isinstance(val, (tuple, list)) else val
+        if not isinstance(out, torch.Tensor):
+            continue
+        op = node.target._schema.name.split("::")[-1]
+        weights = [a for a in node.args if isinstance(a, torch.fx.Node) and a.name in params]
+        n_params = sum(int(state[params[w.name]].numel()) for w in weights if params[w.name] in state)
+        stack = node.meta.get("nn_module_stack") or {}
+        layer = list(stack.values())[-1][0] if stack else node.name
+        rows.append({"name": layer or node.name, "op": op, "shape": list(out.shape), "dtype": str(out.dtype).replace("torch.", ""),
+                     "params": n_params, "macs": _aten_macs(op, node, out)})
+    handle.meta["parameters"] = int(sum(v.numel() for k, v in state.items() if k in ep.graph_signature.parameters))
     return rows
+
+
+def _aten_macs(op: str, node, out) -> int:
+    per_sample = out.numel() // max(1, out.shape[0]) if out.dim() else out.numel()
+    try:
+        if op == "convolution" or op.startswith("conv"):
+            w = node.args[1].meta["val"].shape  # [Cout, Cin/groups, kh, kw]
+            return per_sample * math.prod(w[1:])
+        if op == "linear":
+            return per_sample * node.args[1].meta["val"].shape[-1]
+        if op in ("addmm", "mm", "bmm", "matmul"):
+            a = node.args[-2 if op == "addmm" else 0].meta["val"].shape
+            return per_sample * a[-1]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return 0
+    return 0

@@ -1,5 +1,7 @@
 """The list of commands; importing this imports no machine-learning framework."""
 
+from workbench.cli.compare_cmd import compare_cmd
+from workbench.cli.export_cmd import export_cmd, quantize_cmd
 from workbench.cli.inspect_cmd import inspect_cmd
 
-ALL = [inspect_cmd]
+ALL = [inspect_cmd, export_cmd, quantize_cmd, compare_cmd]

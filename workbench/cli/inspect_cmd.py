@@ -20,7 +20,10 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
         emit_json(info)
         return
     click.echo(f"{info['path']}: {info['format']} ({info['framework']}), {human_bytes(info['file_bytes'])}")
-    click.echo(f"parameters: {info['parameters']:,}   MACs per inference: {info['macs']:,}")
+    macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown"
+    click.echo(f"parameters: {info['parameters']:,}   MACs per inference: {macs}")
+    if info.get("note"):
+        click.echo(f"note: {info['note']}")
     for kind in ("inputs", "outputs"):
         for s in info[kind]:
             q = f" scale={s['scale']:.6g} zero_point={s['zero_point']}" if "scale" in s else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from workbench.errors import ConfigError, UnsupportedError
 from workbench.frontends.handle import ModelHandle
+from workbench.frontends.torch_models import eval_mode
 from workbench.quiet import captured_output, quiet_frameworks
 
 
@@ -35,6 +36,6 @@ def traceable(handle: ModelHandle):
         )
     if not handle.inputs or handle.inputs[0].shape is None or None in handle.inputs[0].shape:
         raise ConfigError(f"The input shape of '{handle.path}' is unknown.", hint="Pass --input-shape, batch first (e.g. 1,1,28,28).")
-    model.eval()
+    eval_mode(model)
     sample = torch.zeros(*handle.inputs[0].shape)
     return torch, model, sample

@@ -45,7 +45,7 @@ def run(job: ExportJob) -> dict:
     try:
         with captured_output():
             if cfg.scheme == "float":
-                edge = litert_torch.convert(model.eval(), (sample,))
+                edge = litert_torch.convert(model, (sample,))
             else:
                 edge = quantize_pt2e(torch, litert_torch, model, sample, job.calib, cfg, nhwc)
                 recipe.update({"quantizer": "PT2E", "per_channel": cfg.per_channel,

@@ -21,6 +21,14 @@ def import_torch():
     return require("torch", "torch", "Loading PyTorch models")
 
 
+def eval_mode(model) -> None:
+    """model.eval(), which an ExportedProgram's module refuses (it is already in inference form)."""
+    try:
+        model.eval()
+    except (NotImplementedError, RuntimeError):
+        pass
+
+
 def _first_line(exc: Exception) -> str:
     s = str(exc).strip()
     return s.splitlines()[0] if s else type(exc).__name__
@@ -34,7 +42,7 @@ def _specs(model, shape, path: Path):
     outs = ()
     if shape and isinstance(model, torch.nn.Module):
         try:
-            model.eval()
+            eval_mode(model)
             with torch.no_grad():
                 y = model(torch.zeros(*[d or 1 for d in shape]))
             ys = y if isinstance(y, (tuple, list)) else (y,)
@@ -122,7 +130,7 @@ def _load_checkpoint_model(path: Path, opts: LoadOptions, fmt: str) -> ModelHand
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise ModelFormatError(f"The weights in '{path}' do not fit the model from '{opts.factory}': {_first_line(exc)}") from None
-    model.eval()
+    eval_mode(model)
     ins, outs = _specs(model, opts.input_shape, path)
     return ModelHandle(path=path, format=fmt, framework="torch", inputs=ins, outputs=outs, obj=model,
                        meta={"factory": opts.factory})

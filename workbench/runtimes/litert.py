@@ -49,9 +49,12 @@ class LiteRTRunner(Runner):
             kwargs["experimental_op_resolver_type"] = getattr(resolver, RESOLVERS[kernels])
         if preserve_all:
             kwargs["experimental_preserve_all_tensors"] = True
+        from workbench.quiet import captured_output
+
         try:
-            self.interp = mod.Interpreter(**kwargs)
-            self.interp.allocate_tensors()
+            with captured_output(fds=(2,), python_streams=False):  # "Created TensorFlow Lite XNNPACK delegate"
+                self.interp = mod.Interpreter(**kwargs)
+                self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelFormatError(f"LiteRT could not load '{handle.path}': {str(exc).strip().splitlines()[0]}",
                                    hint="The model may use an op this runtime lacks (see workbench inspect) or be corrupt.") from None

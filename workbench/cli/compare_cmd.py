@@ -1,0 +1,39 @@
+import click
+
+from workbench.cli.common import emit_json, json_option, load_options, model_options
+
+
+@click.command("compare")
+@click.argument("reference", type=click.Path())
+@click.argument("candidate", type=click.Path())
+@click.option("--data", required=True, metavar="DATA", help="Samples to run both on (labels give accuracy).")
+@click.option("--samples", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reference-runtime", help="Runtime for REFERENCE (default: its own: keras, torch, litert, ort).")
+@click.option("--candidate-runtime", help="Runtime for CANDIDATE (e.g. tflm to run a .tflite in TFLite Micro).")
+@model_options
+@json_option
+def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, candidate_runtime, trust_model, factory,
+                input_shape, as_json):
+    """Compare two models or artifacts on the same samples: accuracy and drop, argmax agreement, SQNR, cosine, max-abs error.
+
+    Each runs in its real runtime (Keras/PyTorch for framework models, LiteRT for .tflite,
+    ONNX Runtime for .onnx/.ort). --factory and --input-shape apply to REFERENCE.
+    """
+    from workbench import api
+
+    cmp = api.evaluate(reference, candidate, data, samples=samples, seed=seed,
+                       load_options=load_options(trust_model, factory, input_shape),
+                       reference_runtime=reference_runtime, candidate_runtime=candidate_runtime)
+    d = cmp.to_dict()
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"reference: {d['reference']} ({d['reference_runtime']['runtime']})")
+    click.echo(f"candidate: {d['candidate']} ({d['candidate_runtime']['runtime']})")
+    click.echo(f"data: {d['data']}, {d['samples']} samples")
+    if "accuracy" in d:
+        click.echo(f"accuracy: {d['reference_accuracy']:.2%} -> {d['accuracy']:.2%} (drop {d['accuracy_drop']:+.2f} points)")
+    if d.get("argmax_agreement") is not None:
+        click.echo(f"argmax agreement: {d['argmax_agreement']:.2%}")
+    click.echo(f"SQNR: {d['sqnr_db']:.2f} dB   cosine: {d['cosine']:.6f}   max abs error: {d['max_abs_error']:.5g}")

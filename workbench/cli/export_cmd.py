@@ -1,0 +1,123 @@
+"""`workbench export` and `workbench quantize`: one path, two entry points."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, overwrite_option
+from workbench.config import CALIBRATORS, EXPORT_FORMATS, IO_DTYPES, SCHEMES
+
+
+def quant_options(f):
+    f = click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
+                     help="Keep this layer (its output tensor name, see debug-quant) in float. Repeatable.")(f)
+    f = click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples used by --eval.")(f)
+    f = click.option("--eval", "eval_data", metavar="DATA", help="Measure accuracy loss: the original in its framework vs the artifact in its runtime.")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")(f)
+    f = click.option("--calib-samples", type=int, default=200, show_default=True, help="Calibration samples to use.")(f)
+    f = click.option("--calibrator", type=click.Choice(CALIBRATORS), default="minmax", show_default=True)(f)
+    f = click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")(f)
+    f = click.option("--io-dtype", type=click.Choice(IO_DTYPES), help="Input/output dtype (default: int8 for full-integer TFLite, else float32).")(f)
+    f = click.option("--calib", "calib", metavar="DATA", help="Calibration data: built-in set (digits:train), .npz/.npy/IDX file, image folder, or module:function.")(f)
+    return f
+
+
+def tflm_options(f):
+    f = click.option("--force", is_flag=True, help="tflm: write the sources even when the model does not fit --target.")(f)
+    f = click.option("--section", help="tflm: linker section for the model array (e.g. .rodata.model).")(f)
+    f = click.option("--labels", type=click.Path(), help="tflm: a text file of class labels, one per line.")(f)
+    f = click.option("--lang", type=click.Choice(["cpp", "c"]), default="cpp", show_default=True, help="tflm: source language.")(f)
+    f = click.option("--layout", type=click.Choice(["plain", "arduino"]), default="plain", show_default=True, help="tflm: folder layout.")(f)
+    f = click.option("--name", help="tflm: C identifier stem (default: from the file name).")(f)
+    f = click.option("--target", help="tflm: a target profile to check fit and estimate latency for.")(f)
+    return f
+
+
+OWN_WARNING = "/workbench/"  # show our own warnings; third-party ones stay in --debug territory
+
+
+def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
+    from workbench import api
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if fmt == "tflm":
+            art = api.export_tflm(model, out, scheme=scheme, load_options=lo, overwrite=overwrite, **qopts, **tflm)
+        else:
+            art = api.convert(model, fmt, out, scheme=scheme, overwrite=overwrite, load_options=lo, write_manifest=False,
+                              **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
+            if qopts.get("eval_data"):
+                cmp = api.evaluate(model, art.path, qopts["eval_data"], samples=qopts["eval_samples"], seed=qopts["seed"], load_options=lo)
+                art = art.with_metrics(**cmp.to_dict())
+            art.write_manifest()
+    notes = [str(w.message) for w in caught if OWN_WARNING in w.filename.replace("\\", "/")]
+    manifest = art.manifest()
+    if as_json:
+        emit_json({**manifest, "output": str(art.path), "warnings": notes})
+        return
+    for n in notes:
+        click.echo(f"Warning: {n}", err=True)
+    a = manifest["artifact"]
+    src = manifest["source"]
+    click.echo(f"wrote {art.path} ({fmt}, {scheme}): {human_bytes(a['bytes'])}"
+               + (f", {a['bytes'] / src['bytes']:.0%} of the source" if src and src.get("bytes") else ""))
+    m = manifest["metrics"]
+    if "accuracy" in m:
+        click.echo(f"accuracy: {m['reference_accuracy']:.2%} -> {m['accuracy']:.2%} (drop {m['accuracy_drop']:+.2f} points) "
+                   f"on {m['samples']} samples of {m['data'] if 'data' in m else qopts.get('eval_data')}")
+    if "sqnr_db" in m:
+        click.echo(f"agreement: argmax {m['argmax_agreement']:.2%}, SQNR {m['sqnr_db']:.1f} dB, cosine {m['cosine']:.5f}, "
+                   f"max abs error {m['max_abs_error']:.4g}")
+    click.echo(f"manifest: {art.manifest_path}")
+
+
+QUANT_KEYS = ("calib", "io_dtype", "per_channel", "calibrator", "calib_samples", "seed", "eval_data", "eval_samples", "keep_float")
+TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force")
+
+
+def _dispatch(model, fmt, out, scheme, kw):
+    lo = load_options(kw["trust_model"], kw["factory"], kw["input_shape"])
+    _run(model, fmt, out, scheme, lo, {k: kw[k] for k in QUANT_KEYS}, {k: kw[k] for k in TFLM_KEYS}, kw["overwrite"], kw["as_json"])
+
+
+def shared_options(f):
+    for deco in (json_option, overwrite_option, model_options, tflm_options, quant_options):
+        f = deco(f)
+    return f
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path())
+@click.option("--scheme", type=click.Choice(SCHEMES), required=True, help="fp16, dynamic (int8 weights), int8 (full integer), int16x8.")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="tflite", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(), required=True)
+@shared_options
+def quantize_cmd(model, scheme, fmt, out, **kw):
+    """Quantize MODEL after training and export it, measuring what it costs.
+
+    \b
+    Examples:
+      workbench quantize model.keras --scheme int8 --calib digits:train --eval digits:test -o model_int8.tflite
+      workbench quantize model.pt --factory pkg.mod:build --scheme int8 --calib calib.npz --format onnx -o m.onnx
+    """
+    _dispatch(model, fmt, out, scheme, kw)
+
+
+@click.command("export")
+@click.argument("model", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
+@click.option("-o", "--output", "out", type=click.Path(), required=True)
+@click.option("--scheme", type=click.Choice(SCHEMES), default=None, help="Quantize first (default: float; int8 for tflm from a framework model).")
+@shared_options
+def export_cmd(model, fmt, out, scheme, **kw):
+    """Export MODEL to TFLite, ONNX, ONNX Runtime (.ort) or TFLite Micro C/C++ sources.
+
+    \b
+    Examples:
+      workbench export model.keras --format tflite -o model.tflite
+      workbench export model_int8.tflite --format tflm --target stm32l4r5 -o firmware/model
+      workbench export model.pt --factory pkg.mod:build --format onnx -o model.onnx
+    """
+    _dispatch(model, fmt, out, scheme if scheme or fmt == "tflm" else "float", kw)

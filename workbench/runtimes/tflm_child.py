@@ -1,0 +1,316 @@
+"""The child process that runs TensorFlow Lite Micro for :mod:`workbench.runtimes.tflm`.
+
+TFLM's Python interpreter segfaults when its arena is far too small (below about 400
+bytes) and reports most errors only on the C stderr, so workbench never runs it in its own
+process. The parent starts ``python -m workbench.runtimes.tflm_child COMMAND ...`` and
+reads one JSON document from the last stdout line that starts with ``RESULT_PREFIX``.
+
+Commands:
+
+``probe NAME...``
+    Which builtin ops (and which of the given custom op names) the interpreter's op
+    resolver registers. For each builtin code a one-op model is built whose op carries
+    custom options: a registered op then fails *after* the resolver lookup ("found builtin
+    operator X with custom options"), a missing one fails *in* it ("Didn't find op for
+    builtin opcode"), so no kernel is ever initialised. A custom name is followed by a
+    builtin op with custom options, which fails only if the custom lookup succeeded.
+``arena MODEL``
+    The smallest tensor arena with which the model allocates and runs (see
+    :func:`measure`).
+``run MODEL INPUTS.npy OUTPUTS.npy [ARENA]``
+    Run every sample of INPUTS (already in the model's input dtype) and save the first
+    output of each.
+
+Only the standard library, numpy, flatbuffers and tflite_micro are imported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+
+RESULT_PREFIX = "@@tflm-result "
+# Arena sizes tried in turn until the model allocates; a model that fails at all of them
+# fails for another reason than the arena (or needs more than any MCU has).
+ARENA_LADDER = (1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28)
+# Never try an arena below this: TFLM's Python build crashes below about 400 bytes.
+SAFE_FLOOR = 1024
+_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+_HEAD = re.compile(r"Arena allocation head (\d+) bytes")
+_TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
+
+
+@contextlib.contextmanager
+def c_stderr(log: list):
+    """Capture what C++ writes to file descriptor 2 into ``log`` (one string per block)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            log.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _runtime():
+    from tflite_micro import runtime
+
+    return runtime
+
+
+def try_allocate(runtime, data: bytes, arena: int, invoke: bool = False):
+    """(interpreter or None, captured C stderr) for one arena size."""
+    log: list = []
+    interp = None
+    with c_stderr(log):
+        try:
+            interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
+            if invoke:
+                _invoke_zeros(interp, data)
+        except (RuntimeError, ValueError):
+            interp = None
+    return interp, log[0]
+
+
+def _num_inputs(data: bytes) -> int:
+    s = _schema()
+    return s.Model.GetRootAs(data, 0).Subgraphs(0).InputsLength()
+
+
+def _invoke_zeros(interp, data: bytes) -> None:
+    import numpy as np
+
+    for i in range(_num_inputs(data)):
+        d = interp.get_input_details(i)
+        interp.set_input(np.zeros(tuple(int(v) for v in d["shape"]), dtype=d["dtype"]), i)
+    interp.invoke()
+
+
+def measure(path: str) -> dict:
+    """The smallest arena with which MODEL allocates its tensors and runs one inference.
+
+    1. Allocate with a generous arena (growing through ARENA_LADDER), invoke once and read
+       RecordingMicroAllocator's "Arena allocation total N bytes". The total is what the
+       allocator used at the end, so the minimum is at least N; transient temporary
+       allocations during Prepare can make it a little higher.
+    2. Try N; if it fails, step up (N + 64, + 128, + 256, ...) to a size that works and
+       bisect between the last failure and it. Every size tried is >= N >= SAFE_FLOOR.
+    3. Verify that the minimum found runs an inference.
+    """
+    runtime = _runtime()
+    with open(path, "rb") as fh:
+        data = fh.read()
+    working = None
+    log = ""
+    for size in ARENA_LADDER:
+        interp, log = try_allocate(runtime, data, size)
+        if interp is not None:
+            working = size
+            break
+    if working is None:
+        return {"error": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
+    plog: list = []
+    with c_stderr(plog):
+        try:
+            _invoke_zeros(interp, data)
+            interp.print_allocations()
+            ok = True
+        except (RuntimeError, ValueError):
+            ok = False
+    if not ok:
+        return {"error": "invoke", "log": plog[0]}
+    text = plog[0]
+    m = _TOTAL.search(text)
+    reported = int(m.group(1)) if m else None
+    head = _HEAD.search(text)
+    tail = _TAIL.search(text)
+    del interp
+    attempts = 0
+    lo = max(SAFE_FLOOR, reported or SAFE_FLOOR) - 1  # assumed to fail: the minimum is >= the reported total
+    hi = None
+    step = 64
+    cand = lo + 1
+    while cand < working:
+        attempts += 1
+        interp, _ = try_allocate(runtime, data, cand)
+        if interp is not None:
+            hi = cand
+            break
+        lo = cand
+        cand = lo + step
+        step *= 2
+    if hi is None:
+        hi = working
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        attempts += 1
+        interp, _ = try_allocate(runtime, data, mid)
+        if interp is not None:
+            hi = mid
+        else:
+            lo = mid
+    interp, vlog = try_allocate(runtime, data, hi, invoke=True)
+    if interp is None:
+        return {"error": "invoke", "log": vlog}
+    return {"arena_bytes": hi, "reported_total": reported, "head": int(head.group(1)) if head else None,
+            "tail": int(tail.group(1)) if tail else None, "attempts": attempts, "log": text}
+
+
+def run(path: str, inputs: str, outputs: str, arena: int | None = None) -> dict:
+    import numpy as np
+
+    runtime = _runtime()
+    with open(path, "rb") as fh:
+        data = fh.read()
+    x = np.load(inputs, allow_pickle=False)
+    interp, log = None, ""
+    for size in ((arena,) if arena else ARENA_LADDER):
+        interp, log = try_allocate(runtime, data, size)
+        if interp is not None:
+            arena = size
+            break
+    if interp is None:
+        return {"error": "allocate", "log": log}
+    d = interp.get_input_details(0)
+    shape = tuple(int(v) for v in d["shape"])
+    outs = []
+    rlog: list = []
+    with c_stderr(rlog):
+        try:
+            for sample in x:
+                interp.set_input(np.ascontiguousarray(sample.reshape(shape), dtype=d["dtype"]), 0)
+                interp.invoke()
+                outs.append(np.array(interp.get_output(0), copy=True))
+        except (RuntimeError, ValueError) as exc:
+            failed = str(exc)
+        else:
+            failed = None
+    if failed is not None:
+        return {"error": "invoke", "message": failed, "log": rlog[0]}
+    y = np.concatenate([o.reshape((1,) + o.shape[1:]) if o.ndim else o.reshape(1, 1) for o in outs]) if outs else np.zeros((0,))
+    np.save(outputs, y, allow_pickle=False)
+    return {"samples": len(outs), "arena_bytes": arena}
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+
+    return s
+
+
+def _probe_model(s, code: int, custom_name: str | None = None) -> bytes:
+    import flatbuffers
+
+    def opcode(c: int, custom: str | None = None):
+        oc = s.OperatorCodeT()
+        oc.builtinCode = c
+        oc.deprecatedBuiltinCode = min(c, 127)
+        oc.version = 1
+        if custom:
+            oc.customCode = custom
+        return oc
+
+    def operator(index: int, custom_options: bool):
+        op = s.OperatorT()
+        op.opcodeIndex = index
+        op.inputs = []
+        op.outputs = []
+        if custom_options:
+            op.customOptions = [0]
+        if code == s.BuiltinOperator.VAR_HANDLE and index == 0 and custom_name is None:
+            # the Python wrapper counts resource variables by reading this option
+            op.builtinOptionsType = s.BuiltinOptions.VarHandleOptions
+            op.builtinOptions = s.VarHandleOptionsT()
+            op.builtinOptions.sharedName = "probe"
+        return op
+
+    t = s.TensorT()
+    t.shape = [1]
+    t.type = s.TensorType.FLOAT32
+    t.buffer = 0
+    t.name = "t"
+    sg = s.SubGraphT()
+    sg.tensors = [t]
+    sg.inputs = []
+    sg.outputs = []
+    m = s.ModelT()
+    m.version = 3
+    m.buffers = [s.BufferT()]
+    if custom_name is None:
+        m.operatorCodes = [opcode(code)]
+        sg.operators = [operator(0, True)]
+    else:
+        m.operatorCodes = [opcode(s.BuiltinOperator.CUSTOM, custom_name), opcode(s.BuiltinOperator.ADD)]
+        sg.operators = [operator(0, False), operator(1, True)]
+    m.subgraphs = [sg]
+    b = flatbuffers.Builder(256)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def probe(custom_names: list[str]) -> dict:
+    s = _schema()
+    runtime = _runtime()
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    skip = {"CUSTOM", "DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"}
+    found, missing, unclear = [], [], []
+    for code in sorted(names):
+        name = names[code]
+        if name in skip:
+            continue
+        _, log = try_allocate(runtime, _probe_model(s, code), 4096)
+        if "with custom options" in log:
+            found.append(name)
+        elif "Didn't find op" in log:
+            missing.append(name)
+        else:
+            unclear.append(name)
+    custom = []
+    for name in custom_names:
+        _, log = try_allocate(runtime, _probe_model(s, 0, name), 4096)
+        if "with custom options" in log:
+            custom.append(name)
+    return {"builtin": found, "missing": missing, "unclear": unclear, "custom": custom}
+
+
+def _version() -> str | None:
+    try:
+        import tflite_micro
+
+        return str(tflite_micro.__version__)
+    except Exception:  # noqa: BLE001 - the version is informative only
+        return None
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        sys.stdout.write("usage: python -m workbench.runtimes.tflm_child probe|arena|run ...\n")
+        return 2
+    cmd, args = argv[0], argv[1:]
+    try:
+        if cmd == "probe":
+            result = probe(args)
+        elif cmd == "arena":
+            result = measure(args[0])
+        elif cmd == "run":
+            result = run(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)
+        else:
+            result = {"error": "usage", "message": f"unknown command {cmd!r}"}
+    except ImportError as exc:
+        result = {"error": "import", "message": str(exc), "module": getattr(exc, "name", None)}
+    result["tflite_micro"] = _version()
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
