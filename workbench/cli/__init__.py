@@ -28,6 +28,9 @@ class WorkbenchGroup(click.Group):
             if debug:
                 raise
             _fail(exc.message, exc.hint, exc.exit_code)
+        except BrokenPipeError:  # output piped into `head` and friends
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except KeyboardInterrupt:
             if debug:
                 raise

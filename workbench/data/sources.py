@@ -56,6 +56,8 @@ def _kind(base: str) -> str:
         return "npz"
     if name.endswith(".npy"):
         return "npy"
+    if name.endswith((".yaml", ".yml")):
+        return "yaml"
     if "idx" in name or name.endswith("-ubyte") or name.endswith("-ubyte.gz"):
         return "idx"
     raise DataError(f"Data file '{p}' has an unknown kind (expected .npz, .npy, an IDX '*-ubyte[.gz]' file or a folder).")
@@ -91,7 +93,39 @@ def read_npz(path: str, options: dict) -> Dataset:
             raise
         raise DataError(f"'{path}' is not a readable .npz file: {exc}.",
                         hint="Object arrays are refused (they need pickle); save plain numeric arrays.") from None
-    return Dataset(x=x, y=_labels(y, path), name=str(path))
+    return Dataset(x=_scaled(x, options), y=_labels(y, path), name=str(path))
+
+
+def _scaled(x: np.ndarray, options: dict) -> np.ndarray:
+    """``#scale=255`` divides samples stored as bytes; without it values are used as stored."""
+    if "scale" in options:
+        return x.astype(np.float32) / float(options["scale"])
+    return x
+
+
+@READERS.register("yaml")
+def read_spec_file(path: str, options: dict) -> Dataset:
+    """A data spec file (see calibration/): ``source`` (relative to the file), ``options``, ``limit``, ``seed``."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"Data spec '{path}' is not readable YAML: {exc}.") from None
+    if not isinstance(spec, dict) or "source" not in spec:
+        raise DataError(f"Data spec '{path}' needs a 'source' key (a built-in set, or a file relative to the spec).")
+    unknown = set(spec) - {"source", "options", "limit", "seed", "split", "description", "classes", "preprocessing"}
+    if unknown:
+        raise DataError(f"Data spec '{path}' has unknown keys: {', '.join(sorted(unknown))}.",
+                        hint="Valid keys: source, options, limit, seed, split, description, classes, preprocessing.")
+    src = str(spec["source"])
+    local = Path(path).parent / src.partition("#")[0]
+    if local.exists():
+        src = str(local) + ("#" + src.partition("#")[2] if "#" in src else "")
+    opts = ",".join(f"{k}={v}" for k, v in (spec.get("options") or {}).items())
+    if opts:
+        src += ("," if "#" in src else "#") + opts
+    return open_data(src, split=spec.get("split", "train"), limit=spec.get("limit"), seed=spec.get("seed"))
 
 
 @READERS.register("npy")
@@ -103,7 +137,7 @@ def read_npy(path: str, options: dict) -> Dataset:
     y = None
     if "y" in options:
         y = _labels(np.load(options["y"], allow_pickle=False), options["y"])
-    return Dataset(x=x, y=y, name=str(path))
+    return Dataset(x=_scaled(x, options), y=y, name=str(path))
 
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

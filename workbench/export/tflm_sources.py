@@ -973,20 +973,18 @@ def _labels(labels, expected: int | None, where: str) -> tuple[str, ...] | None:
 def _measure_arena(path: Path, given: int | None) -> tuple[int, str]:
     if given is not None:
         return given, "given by the caller (arena_bytes)"
-    from workbench.runtimes.tflm import measure_arena
+    from workbench.runtimes.tflm import measure_arena_details
 
-    return int(measure_arena(path)), "measured by the TensorFlow Lite Micro interpreter on this machine"
+    m = measure_arena_details(path)
+    version = f" {m.tflite_micro}" if m.tflite_micro else ""
+    return int(m.arena_bytes), f"measured by the TensorFlow Lite Micro{version} interpreter on this machine"
 
 
 def _check_tflm(graph, where: str) -> None:
-    from workbench.runtimes.tflm import check_tflm
+    """Float16, hybrid, Flex and custom ops, ops the installed TFLM lacks: refused with what would work."""
+    from workbench.runtimes.tflm import check_tflm, raise_for_problems
 
-    problems = check_tflm(graph)
-    if problems:
-        msgs = [str(p.get("message") or p.get("reason") or p) for p in problems]
-        hints = [str(p["hint"]) for p in problems if p.get("hint")]
-        raise UnsupportedError(f"'{where}' cannot run on TensorFlow Lite Micro: " + " ".join(msgs),
-                               hint=" ".join(dict.fromkeys(hints)) or None)
+    raise_for_problems(check_tflm(graph), where)
 
 
 def _target_report(path: Path, target: str | None) -> dict | None:
