@@ -5,6 +5,6 @@ that is renamed onto the destination only when it succeeded, then a manifest is 
 beside it. Combinations that cannot work are refused before any work starts.
 """
 
-from workbench.export.convert import EXPORTERS, convert
+from workbench.export.engine import EXPORTERS, convert
 
 __all__ = ["EXPORTERS", "convert"]

@@ -10,7 +10,7 @@ named layers' output tensors on its deny list.
 from __future__ import annotations
 
 from workbench.errors import RuntimeFailure, UnsupportedError
-from workbench.export.convert import EXPORTERS, Exporter, ExportJob
+from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.quiet import captured_output, quiet_frameworks
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.errors import RuntimeFailure
-from workbench.export.convert import EXPORTERS, Exporter, ExportJob
+from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.quiet import captured_output
 
 PERCENTILE = 99.999
@@ -32,6 +32,7 @@ ONNX_EXPORTER_SETTINGS = dict(
     calibrators=("minmax", "percentile", "entropy"),
     per_tensor=True,
     keep_float=False,
+    io_dtypes=("float32",),
     note="ONNX QDQ models keep float32 inputs and outputs, the ONNX Runtime convention.",
 )
 

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from workbench.errors import RuntimeFailure
-from workbench.export.convert import EXPORTERS, Exporter, ExportJob
+from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, quantize_onnx, to_ort_format
 from workbench.export.torch_common import traceable
 from workbench.quiet import captured_output

@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from workbench.errors import RuntimeFailure
-from workbench.export.convert import EXPORTERS, Exporter, ExportJob
+from workbench.errors import RuntimeFailure, UnsupportedError
+from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.torch_common import import_litert_torch, traceable
 from workbench.quiet import captured_output
 
@@ -40,6 +40,9 @@ def run(job: ExportJob) -> dict:
     litert_torch = import_litert_torch()
     torch, model, sample = traceable(job.handle)
     cfg = job.config
+    if cfg.scheme == "int8" and cfg.io_dtype not in (None, "int8"):
+        raise UnsupportedError(f"PyTorch int8 models from litert-torch have int8 inputs and outputs; --io-dtype {cfg.io_dtype} "
+                               "is not available.", hint="Leave --io-dtype unset; workbench quantizes float inputs with the model's scale.")
     model, sample, nhwc = channel_last(litert_torch, model, sample, job.handle.inputs[0].layout)
     recipe = {"converter": "litert_torch.convert", "scheme": cfg.scheme, "nhwc_inputs": nhwc}
     try:
@@ -80,5 +83,5 @@ def quantize_pt2e(torch, litert_torch, model, sample, calib, cfg, nhwc: bool):
 
 
 EXPORTERS.add(("torch", "tflite"), Exporter(run=run, schemes=("float", "dynamic", "int8"), calibrators=("minmax", "mse"),
-                                            per_tensor=True, keep_float=False,
-                                            note="fp16 and int16x8 from PyTorch: export to ONNX, or use the Keras path."))
+                                            per_tensor=True, keep_float=False, io_dtypes=("float32", "int8"),
+                                            note="litert-torch's static int8 models have int8 inputs and outputs. fp16 and int16x8 from PyTorch: export to ONNX, or use the Keras path."))

@@ -36,6 +36,7 @@ class Exporter:
     calibrators: tuple[str, ...] = ("minmax",)
     per_tensor: bool = True
     keep_float: bool = False
+    io_dtypes: tuple[str, ...] = ("float32", "int8", "uint8", "int16")
     note: str = ""
 
 
@@ -74,8 +75,11 @@ def validate(handle: ModelHandle, fmt: str, cfg: QuantConfig) -> Exporter:
     if cfg.needs_calibration and cfg.calibrator not in exp.calibrators:
         raise UnsupportedError(
             f"Calibrator '{cfg.calibrator}' is not available for {handle.framework} -> {fmt}.",
-            hint=f"Available here: {', '.join(exp.calibrators)}.",
+            hint=f"Available here: {', '.join(exp.calibrators)}. {exp.note}".strip(),
         )
+    if cfg.io_dtype and cfg.io_dtype not in exp.io_dtypes:
+        raise UnsupportedError(f"--io-dtype {cfg.io_dtype} is not available for {handle.framework} -> {fmt}.",
+                               hint=f"Available here: {', '.join(exp.io_dtypes)}. {exp.note}".strip())
     if not cfg.per_channel and not exp.per_tensor:
         raise UnsupportedError(f"--per-tensor is not available for {handle.framework} -> {fmt}.")
     if cfg.keep_float and not exp.keep_float:
