@@ -1,0 +1,85 @@
+"""Plots for the report (matplotlib, Agg backend): PNG bytes, embedded in the HTML page."""
+
+from __future__ import annotations
+
+import io
+
+from workbench.errors import require
+
+
+def _plt():
+    mpl = require("matplotlib", "report", "Plots in the HTML report")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _label(r: dict) -> str:
+    return f"{r['model']}/{r['variant']}"
+
+
+def pareto(rows: list[dict], x_key: str, x_label: str, title: str, log_x: bool = False) -> bytes | None:
+    """Accuracy against ``x_key`` for each target, the Pareto front (better: left and up) drawn as a line."""
+    pts = [r for r in rows if r.get("accuracy") is not None and r.get(x_key) is not None]
+    if not pts:
+        return None
+    plt = _plt()
+    groups: dict[str, list] = {}
+    for r in pts:
+        groups.setdefault(r.get("target") or r["format"], []).append(r)
+    n = len(groups)
+    cols = min(n, 2)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(6.2 * cols, 4.2 * ((n + cols - 1) // cols)), squeeze=False)
+    for ax, (grp, rs) in zip(axes.flat, sorted(groups.items())):
+        for r in rs:
+            ax.scatter(r[x_key], r["accuracy"] * 100, s=46, alpha=0.85, label=_label(r))
+            ax.annotate(_label(r), (r[x_key], r["accuracy"] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front, best = [], -1.0
+        for r in sorted(rs, key=lambda r: (r[x_key], -r["accuracy"])):
+            if r["accuracy"] > best:
+                front.append(r)
+                best = r["accuracy"]
+        ax.plot([r[x_key] for r in front], [r["accuracy"] * 100 for r in front], "k--", lw=1, alpha=0.6)
+        ax.set_title(f"{grp}", fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def memory_bars(rows: list[dict]) -> bytes | None:
+    """Flash and RAM of each variant against each MCU target's limits."""
+    mcu = [r for r in rows if r.get("arena_bytes") and r.get("flash_limit_bytes") and r.get("ram_limit_bytes")]
+    if not mcu:
+        return None
+    plt = _plt()
+    targets = sorted({r["target"] for r in mcu})
+    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 2.2 + 0.45 * len(mcu) / max(1, len(targets)) * len(targets)), squeeze=False)
+    for row_axes, t in zip(axes, targets):
+        rs = [r for r in mcu if r["target"] == t]
+        names = [_label(r) for r in rs]
+        for ax, key, limit_key, what in ((row_axes[0], "flash_bytes", "flash_limit_bytes", "flash"),
+                                         (row_axes[1], "ram_bytes", "ram_limit_bytes", "RAM")):
+            vals = [r[key] / 1024 for r in rs]
+            limit = rs[0][limit_key] / 1024
+            colors = ["#c0392b" if v > limit else "#2e86c1" for v in vals]
+            ax.barh(names, vals, color=colors)
+            ax.axvline(limit, color="k", ls="--", lw=1)
+            ax.set_title(f"{t}: {what} (limit {limit:,.0f} KiB)", fontsize=9)
+            ax.set_xlabel("KiB")
+            ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,104 @@
+"""The steps of one pipeline job: optimize -> export -> evaluate -> emulate, as API calls in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from workbench.errors import WorkbenchError
+from workbench.registry import Registry
+
+# (handle, step options, recipe data, artifact folder) -> (handle or None, artifacts {format: path}, info)
+OPTIMIZERS: Registry[Callable] = Registry("optimization step")
+EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort"}
+
+
+def execute(job, adir: Path) -> dict:
+    from workbench import api
+
+    v, data = job.variant, job.data
+    lo = api.LoadOptions(trust_model=job.model.trust_model, factory=job.model.factory, input_shape=job.model.input_shape)
+    source = api.load(job.model.path, lo)
+    handle = source
+    artifacts: dict[str, Path] = {}
+    info: dict = {}
+    errors: list[str] = []
+    _register_builtin()
+    for step in ("prune", "qat"):
+        opts = getattr(v, step)
+        if opts:
+            handle, made, step_info = OPTIMIZERS.get(step)(handle, dict(opts), data, adir)
+            artifacts.update(made)
+            info[step] = step_info
+    calib = data.get("calib")
+    for fmt in v.formats:
+        if fmt in artifacts:
+            continue
+        try:
+            if fmt == "tflm":
+                tfl = artifacts.get("tflite")
+                src = api.load(tfl) if tfl else handle
+                api.export_tflm(src, adir / "tflm", scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
+                                per_channel=v.per_channel, calibrator=v.calibrator, name=job.model.name.replace("-", "_"))
+                artifacts[fmt] = adir / "tflm"
+            elif handle is not None:
+                out = adir / f"model{EXT[fmt]}"
+                api.convert(handle, fmt, out, scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
+                            calibrator=v.calibrator, per_channel=v.per_channel, io_dtype=v.io_dtype)
+                artifacts[fmt] = out
+        except WorkbenchError as exc:  # one impossible combination must not sink the whole run: record it
+            errors.append(f"{fmt}: {exc.message}")
+    rows = []
+    for fmt, path in artifacts.items():
+        base = {"model": job.model.name, "variant": v.name, "format": fmt, "scheme": v.scheme,
+                "artifact": str(Path(path).relative_to(adir)), "bytes": _size(path)}
+        if fmt != "tflm" and data.get("eval"):
+            m = api.evaluate(source, path, data["eval"], samples=data.get("eval_samples", 1000)).metrics
+            base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop", "argmax_agreement", "sqnr_db")})
+        if fmt == "tflite" and job.targets:
+            for t in job.targets:
+                rows.append({**base, **_emulated(path, t)})
+        else:
+            rows.append(base)
+    return {"rows": rows, "errors": errors, "info": info, "artifacts": {k: str(Path(p).relative_to(adir)) for k, p in artifacts.items()}}
+
+
+def _emulated(path: Path, target: str) -> dict:
+    from workbench.emulate import emulate
+
+    try:
+        r = emulate(path, target).to_dict()
+    except WorkbenchError as exc:
+        return {"target": target, "fits": None, "error": exc.message}
+    keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops")
+    out = {"target": target, **{k: r.get(k) for k in keep}}
+    out["unsupported_ops"] = len(r.get("unsupported_ops") or [])
+    for k in ("flash_limit_bytes", "ram_limit_bytes"):
+        if k in r:
+            out[k] = r[k]
+    tgt = r.get("target")
+    if isinstance(tgt, dict):
+        out["flash_limit_bytes"] = tgt.get("flash_bytes", out.get("flash_limit_bytes"))
+        out["ram_limit_bytes"] = tgt.get("ram_bytes", out.get("ram_limit_bytes"))
+    return out
+
+
+def _size(p: Path) -> int:
+    p = Path(p)
+    if p.is_dir():
+        data = next(iter(sorted(p.glob("*_model_data.*"))), None)
+        return sum(f.stat().st_size for f in p.rglob("*.tflite")) or (data.stat().st_size if data else 0)
+    return p.stat().st_size
+
+
+_done = False
+
+
+def _register_builtin() -> None:
+    global _done
+    if not _done:
+        try:
+            from workbench.optimize import pipeline_steps  # noqa: F401  (registers prune and qat)
+        except ImportError:
+            pass
+        _done = True
