@@ -19,8 +19,18 @@ from workbench.errors import WorkbenchError
 INTERNAL_ERROR = 4
 
 
+def _terminate(signum, frame):
+    # SIGTERM becomes an exception, so `finally` blocks remove temporary outputs on the way out.
+    raise KeyboardInterrupt
+
+
 class WorkbenchGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         debug = bool(ctx.params.get("debug")) or os.environ.get("WORKBENCH_DEBUG") == "1"
         try:
             return super().invoke(ctx)
