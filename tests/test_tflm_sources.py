@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.errors import CheckFailed, ConfigError, DataError, OutputExistsError, UnsupportedError, WorkbenchError
+from workbench.errors import CheckFailed, ConfigError, DataError, OutputExistsError, UnsupportedError
 from workbench.export.c_array import format_bytes, parse_c_array
 from workbench.export.c_names import c_identifier, c_string, comment_text, is_c_identifier
 from workbench.export.tflm_ops import BUILTIN_METHODS, CUSTOM_METHODS
@@ -527,6 +527,14 @@ def test_files_bytes_and_readme(tiny_export, tiny_int8):
     assert "kOutput0Scale = 0.00390625f;" in settings and "kOutput0ZeroPoint = -128;" in settings
     assert '"zero",' in settings and "kLabelCount = 3;" in settings
 
+    declared = []  # names each file declares (a macro defined in both #if branches counts once)
+    for f in ("tiny_model_data.h", "tiny_model_settings.h", "tiny_op_resolver.h", "tiny_model_data.cc"):
+        text = code_tokens((out / f).read_text())
+        names = re.findall(r"#define (\w+)", text)
+        names += re.findall(r"(?:constexpr|using)\s+(?:[\w:]+\s+)*?(\w+)\s*(?:\[\w*\])?\s*=", text)
+        declared += sorted(set(names))
+    assert len(declared) == len(set(declared)) > 20, "generated identifiers are not unique"
+
     readme = (out / "README.md").read_text()
     assert "2,448 bytes" in readme and f"{m['arena_bytes']:,} bytes" in readme
     assert "CONV_2D (AddConv2D)" in readme and "SOFTMAX (AddSoftmax)" in readme
@@ -678,7 +686,7 @@ def test_golden_sources(case, tiny_int8, tmp_path):
 
 # --------------------------------------------------------------------------- hostile input stays data
 
-HOSTILE_LABELS = ['a*/ evil1(); /*', 'b"; evil2(); "', "c\\\nevil3();", "d??/\nevil4();", "e\n#include <evil5>"]
+HOSTILE_LABELS = ['a*/ evil1(); /* b"; evil2(); "', "c\\\nevil3(); d??/\nevil4();", "e\n#include <evil5>"]
 
 
 @pytest.mark.parametrize("lang", ["cpp", "c"])
@@ -689,17 +697,17 @@ def test_hostile_names_and_labels_stay_data(lang, tmp_path):
                                     in_name="in*/ evil9(); /*", out_name="out\\\nevil10();"))
     art = write_tflm_project(src, tmp_path / "out", lang=lang, labels=HOSTILE_LABELS, arena_bytes=GOLDEN_ARENA)
     out = art.path
+    name = "x_evil0_define_evil6"  # the sanitized identifier is the only place the words may reach code
     readme = (out / "README.md").read_text()
-    assert "The C name `x_evil0_define_evil6`" in readme
+    assert f"The C name `{name}`" in readme
     for p in out.rglob("*"):
         if p.suffix in (".h", ".c", ".cc", ".cpp", ".ino"):
             text = p.read_text()
-            assert "evil" not in code_tokens(text), f"{p.name} has code made from hostile input"
+            code = re.sub(name, "NAME", code_tokens(text), flags=re.I)
+            assert "evil" not in code, f"{p.name} has code made from hostile input"
             assert all(not line.startswith("#") or line.startswith(("#if", "#define", "#endif", "#else", "#include"))
                        for line in text.splitlines())
-            assert "#include <evil5>" not in text and "#error" not in text
     stubs = write_stubs(tmp_path / "stubs")
-    name = "x_evil0_define_evil6"
     if lang == "cpp":
         compile_ok(["g++", "-std=c++17", *WARN, f"-I{out}", "-c", str(out / f"{name}_model_data.cc"), "-o", "d.o"],
                    tmp_path)
@@ -796,21 +804,29 @@ def test_bad_options(tiny_int8, tmp_path, kwargs, match):
 
 
 class _FakeReport:
-    def __init__(self, fits, **kw):
-        self.d = {"latency_ms": 12.5, "fits": fits, "flash_bytes": 2_000_000, "ram_bytes": 300_000, **kw}
+    """The shape of workbench.emulate's TargetReport.to_dict() that the export reads."""
+
+    def __init__(self, target, fits, flash=200_000, ram=40_000, arena=GOLDEN_ARENA, reasons=()):
+        self.d = {"kind": "estimate", "target": target, "latency_ms": 12.5, "fits": fits, "flash_bytes": flash,
+                  "flash_budget_bytes": 1_048_576, "ram_bytes": ram, "ram_budget_bytes": 262_144,
+                  "arena_bytes": arena, "reasons": list(reasons)}
 
     def to_dict(self):
         return dict(self.d)
 
 
-def test_target_that_does_not_fit_needs_force(tiny_int8, tmp_path, monkeypatch):
+def _fake_emulate(monkeypatch, **kw):
     import workbench.emulate as emulate_pkg
 
-    monkeypatch.setattr(emulate_pkg, "emulate", lambda path, target: _FakeReport(
-        False, flash_budget=1_048_576, ram_budget=262_144), raising=False)
+    monkeypatch.setattr(emulate_pkg, "emulate", lambda path, target: _FakeReport(str(target), **kw))
+
+
+def test_target_that_does_not_fit_needs_force(tiny_int8, tmp_path, monkeypatch):
+    _fake_emulate(monkeypatch, fits=False, flash=2_000_000, reasons=[
+        "flash: needs 2,000,000 B, nrf52840 has 1,048,576 B (short by 951,424 B)"])
     with pytest.raises(CheckFailed) as e:
         write_tflm_project(tiny_int8, tmp_path / "out", target="nrf52840", arena_bytes=GOLDEN_ARENA)
-    assert "short by 951,424 B" in str(e.value) and "short by 37,856 B" in str(e.value)
+    assert "does not fit target 'nrf52840'" in str(e.value) and "short by 951,424 B" in str(e.value)
     assert e.value.exit_code == 1 and not (tmp_path / "out").exists()
     art = write_tflm_project(tiny_int8, tmp_path / "out", target="nrf52840", arena_bytes=GOLDEN_ARENA, force=True)
     readme = (art.path / "README.md").read_text()
@@ -818,10 +834,74 @@ def test_target_that_does_not_fit_needs_force(tiny_int8, tmp_path, monkeypatch):
     assert art.metrics["fits"] is False and art.metrics["latency_ms"] == 12.5
 
 
-def test_target_that_fits(tiny_int8, tmp_path, monkeypatch):
-    import workbench.emulate as emulate_pkg
+def test_arena_margin_can_break_the_fit(tiny_int8, tmp_path, monkeypatch):
+    """emulate counts the exact arena; the sources reserve the margin too, and that is checked."""
+    _fake_emulate(monkeypatch, fits=True, ram=262_000)
+    with pytest.raises(CheckFailed, match=r"RAM with the 1,024 B arena margin: needs 263,024 B.*short by 880 B"):
+        write_tflm_project(tiny_int8, tmp_path / "out", target="nrf52840", arena_bytes=GOLDEN_ARENA)
 
-    monkeypatch.setattr(emulate_pkg, "emulate", lambda path, target: _FakeReport(True), raising=False)
+
+def test_target_that_fits(tiny_int8, tmp_path, monkeypatch):
+    _fake_emulate(monkeypatch, fits=True)
     art = write_tflm_project(tiny_int8, tmp_path / "out", target="stm32l4r5", arena_bytes=GOLDEN_ARENA)
     readme = (art.path / "README.md").read_text()
-    assert "| target | `stm32l4r5` |" in readme and "| fits | yes" in readme and "12.5 ms" in readme
+    assert "| target | `stm32l4r5` |" in readme and "12.5 ms" in readme
+    assert "| fits | yes (flash 200,000 B of 1,048,576 B, RAM 41,024 B of 262,144 B) |" in readme
+
+
+def big_fc_model() -> bytes:
+    """One int8 FULLY_CONNECTED with 1.2 MB of weights: more flash than an nRF52840 has."""
+    n = _Net()
+    x = n.tensor("x", [1, 2000], "int8", scale=0.05, zp=0)
+    w = n.tensor("w", [600, 2000], "int8", _det(1_200_000, -127, 127).astype(np.int8), scale=0.001, zp=0)
+    y = n.tensor("y", [1, 600], "int8", scale=0.5, zp=0)
+    n.op("FULLY_CONNECTED", [x, w, -1], [y], ("FullyConnectedOptions", {}))
+    return n.build([x], [y], "too big for small MCUs")
+
+
+def _real_target(name: str) -> str:
+    from workbench.emulate import list_targets
+
+    if name not in list_targets():
+        pytest.skip(f"target profile '{name}' is not available")
+    return name
+
+
+def test_real_target_fit_and_shortfall(tiny_int8, tmp_path):
+    """With workbench.emulate and the built-in profiles: latency and fit in the README, refusal by how much."""
+    tgt = _real_target("nrf52840")
+    art = write_tflm_project(tiny_int8, tmp_path / "ok", target=tgt)
+    assert art.metrics["fits"] is True and art.metrics["latency_ms"] > 0
+    assert art.metrics["ram_bytes_with_arena_margin"] == art.metrics["ram_bytes"] + art.metrics["arena_margin_bytes"]
+    readme = (art.path / "README.md").read_text()
+    assert f"| target | `{tgt}` |" in readme and "| fits | yes (flash " in readme and "estimated latency" in readme
+
+    big = tmp_path / "big.tflite"
+    big.write_bytes(big_fc_model())
+    with pytest.raises(CheckFailed, match=r"flash.*short by [\d,]+ B"):
+        write_tflm_project(big, tmp_path / "big", target=tgt)
+    assert not (tmp_path / "big").exists()
+    forced = write_tflm_project(big, tmp_path / "big", target=tgt, force=True)
+    assert forced.metrics["fits"] is False and "| fits | **no**" in (forced.path / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------- a converter-made model
+
+
+@pytest.mark.slow
+def test_digits_int8_export_runs_in_tflm(digits_tflite_int8, digits_test, tmp_path):
+    """The reference digits CNN, converted by workbench itself: sources, arena and TFLM outputs."""
+    from workbench.frontends.tflite_reader import read_tflite
+
+    art = write_tflm_project(digits_tflite_int8, tmp_path / "digits", labels=[str(d) for d in range(10)])
+    graph = read_tflite(digits_tflite_int8)
+    assert art.metrics["ops"] == graph.op_kinds()
+    rebuilt = tmp_path / "rebuilt.tflite"
+    rebuilt.write_bytes(parse_c_array((art.path / "digits_int8_model_data.cc").read_text(), "g_digits_int8_model_data"))
+    assert rebuilt.read_bytes() == digits_tflite_int8.read_bytes()
+    t = graph.tensors[graph.inputs[0]]
+    x = np.asarray(digits_test.x[:20], np.float32).reshape((-1, *t.shape[1:]))
+    q = np.clip(np.round(x / t.scale[0] + t.zero_point[0]), -128, 127).astype(np.int8)
+    from_sources = run_tflm(rebuilt, q, tmp_path, arena=art.metrics["arena_measured_bytes"])
+    np.testing.assert_array_equal(from_sources, run_tflm(digits_tflite_int8, q, tmp_path))
+    assert np.abs(from_sources.astype(int) - run_litert_reference(digits_tflite_int8, q).astype(int)).max() <= 1

@@ -88,5 +88,5 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             src = Path(tmp) / (Path(handle.path).stem + ".tflite")
             quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
             convert(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
-        return write_tflm_project(src, out, name=name or Path(handle.path).stem, target=target, layout=layout, lang=lang,
+        return write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
                                   labels=label_list, section=section, force=force, overwrite=overwrite)
