@@ -73,13 +73,9 @@ def _emulated(path: Path, target: str) -> dict:
     keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops")
     out = {"target": target, **{k: r.get(k) for k in keep}}
     out["unsupported_ops"] = len(r.get("unsupported_ops") or [])
-    for k in ("flash_limit_bytes", "ram_limit_bytes"):
-        if k in r:
-            out[k] = r[k]
-    tgt = r.get("target")
-    if isinstance(tgt, dict):
-        out["flash_limit_bytes"] = tgt.get("flash_bytes", out.get("flash_limit_bytes"))
-        out["ram_limit_bytes"] = tgt.get("ram_bytes", out.get("ram_limit_bytes"))
+    out["target_kind"] = r.get("target_kind")
+    out["flash_limit_bytes"] = r.get("flash_budget_bytes")
+    out["ram_limit_bytes"] = r.get("ram_budget_bytes")
     return out
 
 

@@ -22,6 +22,10 @@ def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], 
     budgets = [parse_budget(b) for b in fail_on]  # parse first: a typo fails before minutes of work
     recipe = load_recipe(recipe_path)
     budgets += [parse_budget(b) for b in recipe.budgets]
+    from workbench.emulate import load_target
+
+    for t in recipe.targets:  # an unknown target fails now, not after minutes of work
+        load_target(t)
     quiet = as_json or not sys.stderr.isatty()
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     if not quiet:

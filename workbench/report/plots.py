@@ -62,7 +62,7 @@ def pareto(rows: list[dict], x_key: str, x_label: str, title: str, log_x: bool =
 
 def memory_bars(rows: list[dict]) -> bytes | None:
     """Flash and RAM of each variant against each MCU target's limits."""
-    mcu = [r for r in rows if r.get("arena_bytes") and r.get("flash_limit_bytes") and r.get("ram_limit_bytes")]
+    mcu = [r for r in rows if r.get("target_kind") == "mcu" and r.get("flash_limit_bytes") and r.get("ram_limit_bytes")]
     if not mcu:
         return None
     plt = _plt()
