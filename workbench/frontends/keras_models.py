@@ -112,7 +112,12 @@ def load_h5(path: Path, opts: LoadOptions) -> ModelHandle:
         with captured_output():
             model = tfk.models.load_model(str(path), compile=False)
     except Exception as exc:
-        raise ModelFormatError(f"tf_keras could not load '{path}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        hint = None
+        if "Unknown layer" in first:
+            hint = ("The model uses a custom layer whose code is not stored in the file. Load it in Python with that class "
+                    "registered (keras.utils.custom_object_scope) and save it as .keras or a SavedModel folder.")
+        raise ModelFormatError(f"tf_keras could not load '{path}': {type(exc).__name__}: {first}", hint=hint) from None
     ins, outs = _keras_specs(model)
     return ModelHandle(path=path, format="h5", framework="keras", inputs=ins, outputs=outs, obj=model,
                        meta={"keras_version": tfk.__version__, "keras_api": 2})
