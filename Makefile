@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-realmodels test-all bench venv constraints clean
+.PHONY: demo test test-slow test-realmodels test-aarch64 test-all bench venv constraints clean
 
 $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test-slow: $(STAMP)
 
 test-realmodels: $(STAMP)
 	$(PY) -m pytest -q -m realmodels
+
+# Needs root, Debian's qemu-user-static, binfmt-support and debootstrap, and network access to
+# the Debian and PyPI mirrors: proves the light install runs `workbench profile` on arm64.
+test-aarch64: $(STAMP)
+	$(PY) -m pytest -q -s -m aarch64 tests/test_aarch64.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''

@@ -190,6 +190,11 @@ def profile_remote(model_path: str | os.PathLike, remote: str | RemoteTarget, ru
     if not path.is_file():
         raise InputFileError(f"'{path}' is not a file; remote profiling sends one model file.")
     fmt, rt = _model_runtime(path, settings.runtime)
+    if fmt == "onnx" and _has_external_data(path):
+        raise UnsupportedError(
+            f"'{path}' keeps its weights in separate external-data files; remote profiling sends one model file.",
+            hint="Save it as one file: onnx.save(onnx.load(PATH), OUT, save_as_external_data=False), "
+                 "or export with torch.onnx.export(..., external_data=False).")
     if shutil.which("ssh") is None:
         raise ProfilerDependencyError("Remote profiling needs the ssh client, which is not on PATH.",
                                       hint="Install OpenSSH's client (Debian: apt install openssh-client).")
@@ -200,6 +205,19 @@ def profile_remote(model_path: str | os.PathLike, remote: str | RemoteTarget, ru
     result = _run_ssh(target.ssh_argv(remote_args), script, path, progress, stop_grace_s)
     report = _parse_remote(result, target, path)
     return _finish(report, path, fmt, {"name": target.destination, "remote": target.destination})
+
+
+def _has_external_data(path: Path) -> bool:
+    # An initializer stored outside the file carries a {"location": FILE} entry: the key is
+    # serialized as field 1, length 8, "location". A false positive only costs an error message.
+    marker = b"\x0a\x08location"
+    with open(path, "rb") as fh:
+        tail = b""
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            if marker in tail + chunk:
+                return True
+            tail = chunk[-len(marker):]
+    return False
 
 
 # Read by the board's python3 -c: the script's length, the script, then the script runs
@@ -369,11 +387,15 @@ ERROR_TYPES: dict[str, type[WorkbenchError]] = {
 def _error_from(err: dict, path: Path, where: str) -> WorkbenchError:
     cls = ERROR_TYPES.get(err.get("kind"), RuntimeFailure)
     msg = err.get("message") or "the profiler failed"
+    hint = err.get("hint")
     if err.get("kind") == "model_load":
         msg = f"'{path.name}' on {where}: {msg}"
     elif where != "this machine":
         msg = f"On {where}: {msg}"
-    return cls(msg, hint=err.get("hint"))
+    if err.get("pip"):
+        extra = " (tflite-runtime also works; it needs numpy<2)" if err["pip"] == "ai-edge-litert" else ""
+        hint = f"Install it on {where} for that Python: python3 -m pip install {err['pip']}{extra}"
+    return cls(msg, hint=hint)
 
 
 def _finish(report: dict, path: Path, fmt: str, target: dict) -> dict:
@@ -430,8 +452,13 @@ def _target_name(rep: dict) -> str | None:
 def _model_name(rep: dict) -> str | None:
     m = rep.get("model")
     if isinstance(m, dict):
-        return m.get("name") or m.get("path")
-    return m
+        m = m.get("name") or m.get("path")
+    return os.path.basename(str(m)) if m else None
+
+
+def _model_sha(rep: dict) -> str | None:
+    m = rep.get("model")
+    return (m.get("sha256") if isinstance(m, dict) else None) or rep.get("model_sha256")
 
 
 def _align_ops(a_ops: list[dict], b_ops: list[dict]) -> list[tuple[dict | None, dict | None, str]]:
@@ -487,12 +514,12 @@ def compare_reports(a: dict, b: dict) -> dict:
                     "kind": oa.get("kind") or ob.get("kind"), "a_ms": la, "b_ms": lb, "ratio": _ratio(la, lb),
                     "matched_by": how})
     notes = []
-    if _model_name(a) and _model_name(b) and _model_name(a) != _model_name(b):
-        notes.append(f"The reports are about different models: {_model_name(a)} and {_model_name(b)}.")
-    sha_a = (a.get("model") or {}).get("sha256") if isinstance(a.get("model"), dict) else None
-    sha_b = (b.get("model") or {}).get("sha256") if isinstance(b.get("model"), dict) else None
-    if sha_a and sha_b and sha_a != sha_b:
-        notes.append("The model files differ (sha256).")
+    sha_a, sha_b = _model_sha(a), _model_sha(b)
+    if sha_a and sha_b:
+        if sha_a != sha_b:
+            notes.append(f"The reports are about different model files (sha256 differs): {_model_name(a)} and {_model_name(b)}.")
+    elif _model_name(a) and _model_name(b) and _model_name(a) != _model_name(b):
+        notes.append(f"The reports may be about different models: {_model_name(a)} and {_model_name(b)}.")
     if not ops:
         why = [f"{side} has no per-op times" for side, r in (("A", a), ("B", b))
                if not any(o.get("latency_ms") is not None for o in (r.get("ops") or []))]

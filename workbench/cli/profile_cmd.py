@@ -75,12 +75,12 @@ def profile_cmd(model, runtime, threads, runs, warmup, remote, ssh_options, remo
 
 class _Progress:
     """Progress on stderr while the device works: a bar for warm-up and runs, a line per stage.
-    Silent when stderr is not a terminal or --json was given."""
+    Silent when the output is not a terminal or --json was given."""
 
     LABELS = {"load": "loading the model", "first": "first inference", "per_op": "per-op timing pass"}
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty() and sys.stdout.isatty()
         self.bar = None
         self.done = 0
 
@@ -140,8 +140,8 @@ def render(r: dict) -> None:
         click.echo(f"\nthroughput: {ips:,.1f} inferences/s over {lat['runs']} runs (batch {r.get('batch', 1)})")
     mem = r.get("memory") or {}
     if mem:
-        click.echo(f"memory:     +{human_bytes(r.get('ram_bytes'))} peak for the model "
-                   f"(process peak {human_bytes(mem.get('peak_rss_bytes'))})")
+        click.echo(f"memory:     peak resident {human_bytes(r.get('ram_bytes'))}, of which the model added "
+                   f"{human_bytes(mem.get('added_peak_bytes'))}")
     thermal = r.get("thermal") or {}
     before, after = (thermal.get("before") or {}), (thermal.get("after") or {})
     if before.get("temperature_c") or after.get("temperature_c"):

@@ -45,14 +45,15 @@ EXIT_CODES = {"missing_dependency": 3, "model_load": 2, "bad_input": 2, "run_fai
 class ProfilerError(Exception):
     """A failure with a kind the caller maps to its own error type (see EXIT_CODES)."""
 
-    def __init__(self, kind, message, hint=None):
+    def __init__(self, kind, message, hint=None, pip=None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.hint = hint
+        self.pip = pip  # for a missing dependency: what to pip install
 
     def to_dict(self):
-        return {"kind": self.kind, "message": self.message, "hint": self.hint}
+        return {"kind": self.kind, "message": self.message, "hint": self.hint, "pip": self.pip}
 
     @property
     def exit_code(self):
@@ -66,7 +67,7 @@ def _numpy():
         return numpy
     except ImportError:
         raise ProfilerError("missing_dependency", "numpy is not installed for %s." % sys.executable,
-                            hint="Install it on this machine: python3 -m pip install numpy") from None
+                            hint="Install it: python3 -m pip install numpy", pip="numpy") from None
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -95,8 +96,8 @@ def _import_tflite():
     raise ProfilerError(
         "missing_dependency",
         "No TFLite runtime is installed for %s; tried %s." % (sys.executable, "; ".join(tried)),
-        hint="Install one on this machine: python3 -m pip install ai-edge-litert "
-             "(or tflite-runtime, which needs numpy<2).")
+        hint="Install one: python3 -m pip install ai-edge-litert (or tflite-runtime, which needs numpy<2).",
+        pip="ai-edge-litert")
 
 
 def _dist_version(dist, module):
@@ -164,6 +165,13 @@ class LiteRTBackend:
         interp.invoke()
         return [interp.get_tensor(d["index"]) for d in self._out]
 
+    timed_call = "Interpreter.invoke() (the inputs are set once before the runs, as benchmark_model does)"
+
+    def timed(self, feeds):
+        for d, x in zip(self._in, feeds):
+            self.interp.set_tensor(d["index"], x)
+        return self.interp.invoke
+
     def per_op(self, path, feeds, runs):
         return None, ("LiteRT's Python API has no per-op timer; for per-op times run TFLite's "
                       "benchmark_model tool with --enable_op_profiling=true on the device.")
@@ -188,16 +196,19 @@ class OrtBackend:
             import onnxruntime
         except ImportError as exc:
             raise ProfilerError("missing_dependency", "onnxruntime is not installed for %s (%s)." % (sys.executable, exc),
-                                hint="Install it on this machine: python3 -m pip install onnxruntime") from None
+                                hint="Install it: python3 -m pip install onnxruntime", pip="onnxruntime") from None
         self.ort = onnxruntime
         self.module_name = "onnxruntime"
         self.version = getattr(onnxruntime, "__version__", None)
         self.threads = threads
         self.sess = None
 
-    def _options(self, profile_prefix=None):
+    def _options(self, path, profile_prefix=None):
         so = self.ort.SessionOptions()
         so.log_severity_level = 3
+        with open(path, "rb") as fh:
+            if fh.read(8)[4:8] == b"ORTM":  # an .ort file, whatever its name
+                so.add_session_config_entry("session.load_model_format", "ORT")
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
@@ -208,7 +219,7 @@ class OrtBackend:
 
     def _session(self, path, profile_prefix=None):
         try:
-            return self.ort.InferenceSession(path, self._options(profile_prefix), providers=["CPUExecutionProvider"])
+            return self.ort.InferenceSession(path, self._options(path, profile_prefix), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ProfilerError("model_load", "onnxruntime could not load the model: %s" % _first_line(exc),
                                 hint="Check the model's opset against this onnxruntime version, or re-export it.")
@@ -230,6 +241,12 @@ class OrtBackend:
 
     def run(self, feeds):
         return self.sess.run(None, feeds)
+
+    timed_call = "InferenceSession.run() (binding the inputs and copying the outputs included)"
+
+    def timed(self, feeds):
+        run = self.sess.run
+        return lambda: run(None, feeds)
 
     def per_op(self, path, feeds, runs):
         folder = tempfile.mkdtemp(prefix="workbench-ort-profile-")
@@ -420,10 +437,9 @@ THROTTLE_BITS = {0: "under-voltage now", 1: "ARM frequency capped now", 2: "thro
                  19: "soft temperature limit has occurred"}
 
 
-def thermal_state():
+def thermal_state(base="/sys/class/thermal"):
     """SoC temperatures from /sys/class/thermal and the Raspberry Pi firmware's throttling flags."""
     temps = {}
-    base = "/sys/class/thermal"
     try:
         zones = sorted(z for z in os.listdir(base) if z.startswith("thermal_zone"))
     except OSError:
@@ -486,7 +502,8 @@ def reset_peak_rss():
 
 
 def memory_report(before, after, peak_was_reset):
-    """Memory the model adds on top of the process (Python + imported runtime) before loading it."""
+    """Peak resident memory of the process while the model loads and runs (what the device
+    must have free), and the part of it the model added on top of Python and the runtime."""
     out = {"rss_before_load_bytes": before.get("rss"), "rss_after_runs_bytes": after.get("rss"),
            "peak_rss_bytes": after.get("hwm") or after.get("ru_maxrss"), "ru_maxrss_bytes": after.get("ru_maxrss")}
     if peak_was_reset and after.get("hwm") is not None and before.get("rss") is not None:
@@ -633,6 +650,7 @@ def profile_model(path, runtime=None, threads=None, runs=100, warmup=10, per_op=
             emit({"event": "progress", "stage": "warmup", "done": i + 1, "total": warmup})
         emit({"event": "stage", "stage": "runs", "total": runs})
         lat = state["latencies"]
+        call = backend.timed(feeds)
         clock = time.perf_counter_ns
         loop_start = clock()
         try:
@@ -640,7 +658,7 @@ def profile_model(path, runtime=None, threads=None, runs=100, warmup=10, per_op=
                 if stopped():
                     raise KeyboardInterrupt
                 t = clock()
-                backend.run(feeds)
+                call()
                 lat.append((clock() - t) / 1e6)
                 emit({"event": "progress", "stage": "runs", "done": i + 1, "total": runs})
         finally:
@@ -696,7 +714,7 @@ def build_report(state, backend, path, model_name, runs, warmup, seed, per_op):
         "model": {"name": model_name or os.path.basename(path), "bytes": size, "sha256": _sha256(path)},
         "target": {"name": system.get("hostname") or "this machine", "description": system["description"], "system": system},
         "runtime": dict(backend.info(), load_log=state.get("load_log", [])),
-        "settings": {"runs": runs, "warmup": warmup, "threads": backend.threads, "seed": seed,
+        "settings": {"runs": runs, "warmup": warmup, "threads": backend.threads, "seed": seed, "timed": backend.timed_call,
                      "inputs": "random: floats uniform in [0, 1), int8/uint8/int16 over their range, other types zero"},
         "inputs": ins,
         "batch": batch,
@@ -705,7 +723,7 @@ def build_report(state, backend, path, model_name, runs, warmup, seed, per_op):
         "latency_ms": stats["mean_ms"],
         "latency": stats,
         "throughput": {"inferences_per_s": ips, "samples_per_s": ips * batch if ips else None},
-        "ram_bytes": mem.get("added_peak_bytes"),
+        "ram_bytes": mem.get("peak_rss_bytes"),  # the whole process, as emulate's estimate; the model's share is in memory
         "memory": mem,
         "ops": ops or [],
         "per_op": per_op_info,
