@@ -12,7 +12,8 @@ from pathlib import Path
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
 
-__all__ = ["load", "inspect", "ModelHandle", "LoadOptions"]
+__all__ = ["load", "inspect", "convert", "evaluate", "export_tflm", "emulate", "profile", "profile_remote",
+           "ModelHandle", "LoadOptions"]
 
 
 def inspect(model: str | Path | ModelHandle, options: LoadOptions | None = None) -> dict:
@@ -90,3 +91,24 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             convert(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
         return write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
                                   labels=label_list, section=section, force=force, overwrite=overwrite)
+
+
+def emulate(model: str | Path, target: str, **kw):
+    """Fit, memory, op support and latency of a .tflite on a target profile (see workbench.emulate)."""
+    from workbench.emulate import emulate as _emulate
+
+    return _emulate(model, target, **kw)
+
+
+def profile(model: str | Path, **kw) -> dict:
+    """Measured latency, memory and per-op times on this machine (see workbench.profiling)."""
+    from workbench.profiling import profile as _profile
+
+    return _profile(model, **kw)
+
+
+def profile_remote(model: str | Path, remote: str, **kw) -> dict:
+    """The same, on a board over ssh: the board needs Python, numpy and a TFLite runtime."""
+    from workbench.profiling import profile_remote as _profile_remote
+
+    return _profile_remote(model, remote, **kw)

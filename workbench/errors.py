@@ -62,6 +62,16 @@ class MissingDependencyError(WorkbenchError):
         self.extra = extra
 
 
+class ProfilerDependencyError(WorkbenchError):
+    """Python, numpy or a runtime is missing where the profile runs (here or on the board)."""
+
+    exit_code = 3
+
+
+class RemoteConnectionError(WorkbenchError):
+    """ssh could not reach the board, authenticate, or verify its host key."""
+
+
 class CheckFailed(WorkbenchError):
     """A check the user asked for failed (a budget, a model that does not fit)."""
 

@@ -34,6 +34,8 @@ from workbench.errors import (
     ConfigError,
     InputFileError,
     ModelFormatError,
+    ProfilerDependencyError,
+    RemoteConnectionError,
     RuntimeFailure,
     UnsupportedError,
     WorkbenchError,
@@ -49,18 +51,6 @@ Progress = Callable[[dict], None]
 # The runtime a model format is profiled in when none is named.
 RUNTIME_FOR_FORMAT = {"tflite": "litert", "onnx": "ort", "ort": "ort"}
 FORMATS_FOR_RUNTIME = {"litert": ("tflite",), "ort": ("onnx", "ort")}
-
-
-class ProfilerDependencyError(WorkbenchError):
-    """Python, numpy or a runtime is missing where the profile runs (here or on the board)."""
-
-    exit_code = 3
-
-
-class RemoteConnectionError(WorkbenchError):
-    """ssh could not reach the board, authenticate, or verify its host key."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

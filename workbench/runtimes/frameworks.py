@@ -23,6 +23,8 @@ class TorchRunner(Runner):
         self.torch = torch
         self.model = handle.obj
         self.inputs, self.outputs = handle.inputs, handle.outputs
+        if handle.format in ("exported_program", "torchscript") and handle.inputs and handle.inputs[0].shape:
+            self.batch_size = handle.inputs[0].shape[0] or 1  # traced graphs are specialised to their batch size
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():

@@ -1,0 +1,152 @@
+"""``benchmark``: one model on every stack it can be deployed with, measured side by side.
+
+For a PyTorch model: PyTorch eager, torch.export, TorchScript, ONNX Runtime (float, int8),
+LiteRT (float, dynamic, int8) and TFLite Micro (int8). For a Keras model: Keras, LiteRT
+(float, fp16, dynamic, int8) and TFLite Micro (float, int8). Each stack reports file size,
+load time, single-sample latency on this machine (threads stated), and with data the
+accuracy and agreement with the original. Latency is the median of single-sample calls
+after warm-up; TFLite Micro runs in a child process, so its figure is the batch time per
+sample measured inside that process (no process start-up included).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from workbench.data.dataset import Dataset, fit_to_input
+from workbench.errors import WorkbenchError
+from workbench.frontends.handle import ModelHandle
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    runtime: str
+    build: Callable[[ModelHandle, Path], Path | ModelHandle]  # returns an artifact path, or a handle to run directly
+
+
+def _convert(fmt: str, scheme: str):
+    def build(h: ModelHandle, tmp: Path):
+        from workbench import api
+
+        out = tmp / f"{scheme}.{fmt}"
+        api.convert(h, fmt, out, scheme=scheme, calib=_CALIB.get(id(h)), write_manifest=False)
+        return out
+
+    return build
+
+
+def _torch_export(h: ModelHandle, tmp: Path):
+    import torch
+
+    from workbench.frontends import load
+
+    p = tmp / "model.pt2"
+    torch.export.save(torch.export.export(h.obj, (torch.zeros(*h.inputs[0].shape),)), p)
+    return load(p)
+
+
+def _torchscript(h: ModelHandle, tmp: Path):
+    import torch
+
+    from workbench.frontends import load
+
+    p = tmp / "model.ts"
+    torch.jit.save(torch.jit.trace(h.obj, torch.zeros(*h.inputs[0].shape)), p)
+    return load(p, input_shape=h.inputs[0].shape)
+
+
+STACKS = {
+    "torch": [
+        Stack("pytorch eager", "torch", lambda h, t: h),
+        Stack("torch.export", "torch", _torch_export),
+        Stack("torchscript", "torch", _torchscript),
+        Stack("onnxruntime float", "ort", _convert("onnx", "float")),
+        Stack("onnxruntime int8", "ort", _convert("onnx", "int8")),
+        Stack("litert float", "litert", _convert("tflite", "float")),
+        Stack("litert dynamic", "litert", _convert("tflite", "dynamic")),
+        Stack("litert int8", "litert", _convert("tflite", "int8")),
+        Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
+    ],
+    "keras": [
+        Stack("keras", "keras", lambda h, t: h),
+        Stack("litert float", "litert", _convert("tflite", "float")),
+        Stack("litert fp16", "litert", _convert("tflite", "fp16")),
+        Stack("litert dynamic", "litert", _convert("tflite", "dynamic")),
+        Stack("litert int8", "litert", _convert("tflite", "int8")),
+        Stack("tflite-micro float", "tflm", _convert("tflite", "float")),
+        Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
+    ],
+}
+_CALIB: dict = {}
+
+
+def _latency(runner, x: np.ndarray, runs: int) -> float:
+    if runner.name == "tflm":
+        n = min(len(x), max(runs, 50))
+        runner.predict(x[:n])
+        per = runner.last_invoke_seconds / n if getattr(runner, "last_invoke_seconds", None) else None
+        return per * 1000 if per else float("nan")
+    one = x[:1]
+    for _ in range(5):
+        runner.predict(one)
+    times = []
+    for i in range(runs):
+        s = x[i % len(x) : i % len(x) + 1]
+        t0 = time.perf_counter()
+        runner.predict(s)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads: int = 1, runs: int = 200,
+              only: tuple[str, ...] = (), on_row: Callable[[dict], None] | None = None) -> dict:
+    from workbench.evaluate import agreement, predict
+    from workbench.frontends import load
+    from workbench.runtimes import open_runner
+
+    stacks = STACKS.get(handle.framework)
+    if stacks is None:
+        raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch and Keras models; '{handle.path}' is {handle.format}.",
+                             hint="Pass the original PyTorch or Keras model.")
+    _CALIB[id(handle)] = calib
+    probe = data if data is not None else calib.take(min(len(calib), 200))
+    rows = []
+    ref_out = None
+    with tempfile.TemporaryDirectory(prefix="workbench-bench-") as tmp:
+        for st in stacks:
+            if only and st.name not in only:
+                continue
+            row = {"stack": st.name, "runtime": st.runtime, "threads": threads}
+            try:
+                folder = Path(tmp) / st.name.replace(" ", "_")
+                folder.mkdir()
+                built = st.build(handle, folder)
+                path = built if isinstance(built, Path) else built.path
+                row["bytes"] = path.stat().st_size
+                t0 = time.perf_counter()
+                target = load(built) if isinstance(built, Path) else built
+                runner = open_runner(target, st.runtime, **({} if st.runtime == "tflm" else {"threads": threads}))
+                row["load_ms"] = (time.perf_counter() - t0) * 1000
+                spec = runner.inputs[0]
+                x = fit_to_input(probe.x, spec.shape, spec.layout, probe.name)
+                row["latency_ms"] = _latency(runner, x, runs)
+                y = predict(runner, probe, st.name)
+                if ref_out is None:
+                    ref_out = y
+                m = agreement(ref_out, y, probe.y)
+                row.update({k: m.get(k) for k in ("accuracy", "argmax_agreement", "sqnr_db")})
+            except WorkbenchError as exc:
+                row["error"] = exc.message
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    _CALIB.pop(id(handle), None)
+    return {"model": str(handle.path), "framework": handle.framework, "samples": len(probe), "threads": threads, "rows": rows}
