@@ -202,6 +202,7 @@ class ArenaMeasurement:
     """The arena a model needs in TFLM, measured in a child process."""
 
     arena_bytes: int  # the smallest arena with which it allocates and runs
+    exact: bool  # False: it runs even at the safety floor, so this is an upper bound
     reported_total: int | None  # RecordingMicroAllocator's "Arena allocation total"
     head_bytes: int | None  # non-persistent part: activations and scratch buffers
     tail_bytes: int | None  # persistent part: tensor structs, node data, allocator bookkeeping
@@ -209,7 +210,7 @@ class ArenaMeasurement:
     tflite_micro: str | None
 
     def to_dict(self) -> dict:
-        return {"arena_bytes": self.arena_bytes, "reported_total": self.reported_total, "head_bytes": self.head_bytes,
+        return {"arena_bytes": self.arena_bytes, "exact": self.exact, "reported_total": self.reported_total, "head_bytes": self.head_bytes,
                 "tail_bytes": self.tail_bytes, "attempts": self.attempts, "tflite_micro": self.tflite_micro,
                 "method": "smallest arena with which the host TFLM build allocates and invokes (bisection from its allocation report)"}
 
@@ -224,7 +225,7 @@ def measure_arena_details(model_path: str | Path, timeout: float = 120.0, graph:
     result = _child(["arena", str(path.resolve())], timeout, f"measuring the tensor arena of '{path}'")
     if "error" in result:
         raise _explain(result, graph, path)
-    return ArenaMeasurement(arena_bytes=int(result["arena_bytes"]), reported_total=result.get("reported_total"),
+    return ArenaMeasurement(arena_bytes=int(result["arena_bytes"]), exact=bool(result.get("exact", True)), reported_total=result.get("reported_total"),
                             head_bytes=result.get("head"), tail_bytes=result.get("tail"),
                             attempts=int(result.get("attempts", 0)), tflite_micro=result.get("tflite_micro"))
 
@@ -244,8 +245,12 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
         kind = m.group(1)
         ops = [op for op in graph.ops if op.kind == kind]
         where = f" (op {ops[0].index}, layer '{layer_label(ops[0])}')" if ops else ""
-        return UnsupportedError(f"'{path}' uses {kind}{where}, which TensorFlow Lite Micro has no kernel for.",
-                                hint="Replace that layer with supported ops and export again.")
+        err = UnsupportedError(f"'{path}' uses {kind}{where}, which TensorFlow Lite Micro has no kernel for.",
+                               hint="Replace that layer with supported ops and export again.")
+        if ops:
+            err.problem = _problem("missing_op", ops[0], f"op {ops[0].index} {kind} (layer '{layer_label(ops[0])}') has no TFLite Micro kernel.",
+                                   "replace the layer with ops TFLite Micro supports")
+        return err
     if "Hybrid models are not supported" in log:
         return UnsupportedError(f"'{path}' is a hybrid (dynamic-range) model, which TensorFlow Lite Micro refuses.",
                                 hint=f"Re-export with scheme int8, int16x8 or float32: TFLite Micro runs {SCHEMES_THAT_RUN}.")
@@ -255,10 +260,25 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
         op = graph.ops[idx] if idx < len(graph.ops) else None
         layer = f", layer '{layer_label(op)}'" if op is not None else ""
         detail = _first_lines(log.split("Node ")[0], 2)
-        return UnsupportedError(f"TensorFlow Lite Micro cannot prepare op {idx} {m.group(1)}{layer} of '{path}'"
-                                + (f": {detail}" if detail else "."),
-                                hint="The op's data types or options are not supported by its TFLite Micro kernel; "
-                                     f"TFLite Micro runs {SCHEMES_THAT_RUN}.")
+        err = UnsupportedError(f"TensorFlow Lite Micro cannot prepare op {idx} {m.group(1)}{layer} of '{path}'"
+                               + (f": {detail}" if detail else "."),
+                               hint="The op's data types or options are not supported by its TFLite Micro kernel; "
+                                    f"TFLite Micro runs {SCHEMES_THAT_RUN}.")
+        if op is not None:
+            err.problem = _problem("prepare_failed", op, f"op {idx} {op.kind} (layer '{layer_label(op)}') is refused by its TFLite Micro kernel"
+                                   + (f": {detail}" if detail else "."), f"an op and dtype combination TFLite Micro supports ({SCHEMES_THAT_RUN})")
+        return err
+    crash = re.search(r"crashed with signal (\d+)", log)
+    if crash and result.get("arena_tried"):
+        sig = int(crash.group(1))
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return RuntimeFailure(f"TensorFlow Lite Micro crashed ({name}) while preparing '{path}', with every arena up to "
+                              f"{result['arena_tried'] >> 20} MiB: one of its kernels rejects this model's parameters.",
+                              hint="Seen with degenerate quantization (e.g. a SOFTMAX whose input scale came from "
+                                   "unrepresentative calibration data): calibrate with real samples and export again.")
     if result.get("error") == "allocate" and result.get("arena_tried"):
         detail = _first_lines(log) or "no message"
         return RuntimeFailure(f"TensorFlow Lite Micro could not allocate '{path}' even with a {result['arena_tried'] >> 20} MiB arena: {detail}")

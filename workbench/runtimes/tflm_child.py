@@ -5,6 +5,10 @@ bytes) and reports most errors only on the C stderr, so workbench never runs it 
 process. The parent starts ``python -m workbench.runtimes.tflm_child COMMAND ...`` and
 reads one JSON document from the last stdout line that starts with ``RESULT_PREFIX``.
 
+Inside this child, every arena size tried runs in a forked process of its own: a too-small
+arena can also abort or segfault inside a kernel's Prepare, and an interpreter created in a
+process where allocations already failed was seen to crash (see :func:`attempt`).
+
 Commands:
 
 ``probe NAME...``
@@ -39,6 +43,8 @@ RESULT_PREFIX = "@@tflm-result "
 ARENA_LADDER = (1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28)
 # Never try an arena below this: TFLM's Python build crashes below about 400 bytes.
 SAFE_FLOOR = 1024
+# How far below the reported total the search starts (alignment padding is < 16 bytes per region).
+ALIGN_SLACK = 64
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 _HEAD = re.compile(r"Arena allocation head (\d+) bytes")
 _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
@@ -67,7 +73,7 @@ def _runtime():
 
 
 def try_allocate(runtime, data: bytes, arena: int, invoke: bool = False):
-    """(interpreter or None, captured C stderr) for one arena size."""
+    """(interpreter or None, captured C stderr) for one arena size, in this process."""
     log: list = []
     interp = None
     with c_stderr(log):
@@ -78,6 +84,48 @@ def try_allocate(runtime, data: bytes, arena: int, invoke: bool = False):
         except (RuntimeError, ValueError):
             interp = None
     return interp, log[0]
+
+
+def attempt(runtime, data: bytes, arena: int, invoke: bool = True, report: bool = False) -> tuple[bool, str]:
+    """Does the model allocate (and run) with ``arena`` bytes? (ok, captured C stderr).
+
+    Some arena sizes that are too small do not fail cleanly: TFLM aborts or segfaults in a
+    kernel's Prepare. So each attempt runs in a forked process (copy-on-write, a few ms),
+    and a crash counts as "does not run". Without fork (Windows) the attempt runs here.
+    """
+    if not hasattr(os, "fork"):
+        interp, log = try_allocate(runtime, data, arena, invoke)
+        if interp is not None and report:
+            plog: list = []
+            with c_stderr(plog):
+                interp.print_allocations()
+            log += plog[0]
+        return interp is not None, log
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:
+        pid = os.fork()
+        if pid == 0:  # the attempt: report through the exit code and the captured stderr
+            code = 5
+            try:
+                os.dup2(tmp.fileno(), 2)
+                interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
+                if invoke:
+                    _invoke_zeros(interp, data)
+                if report:
+                    interp.print_allocations()
+                code = 0
+            except BaseException:  # noqa: BLE001 - any failure means "does not run"
+                code = 5
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        tmp.seek(0)
+        log = tmp.read().decode("utf-8", "replace")
+    if os.WIFSIGNALED(status):
+        log += f"\nTFLite Micro crashed with signal {os.WTERMSIG(status)} at an arena of {arena} bytes."
+        return False, log
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log
 
 
 def _num_inputs(data: bytes) -> int:
@@ -98,69 +146,62 @@ def measure(path: str) -> dict:
     """The smallest arena with which MODEL allocates its tensors and runs one inference.
 
     1. Allocate with a generous arena (growing through ARENA_LADDER), invoke once and read
-       RecordingMicroAllocator's "Arena allocation total N bytes". The total is what the
-       allocator used at the end, so the minimum is at least N; transient temporary
-       allocations during Prepare can make it a little higher.
-    2. Try N; if it fails, step up (N + 64, + 128, + 256, ...) to a size that works and
-       bisect between the last failure and it. Every size tried is >= N >= SAFE_FLOOR.
-    3. Verify that the minimum found runs an inference.
+       RecordingMicroAllocator's "Arena allocation total N bytes". N is close to the minimum
+       but not a bound: the allocator aligns its head and tail to 16 bytes, so where the
+       arena ends shifts the padding by a few bytes either way, and temporary allocations
+       during Prepare can need a little more than what is left allocated at the end.
+    2. Find a size that fails at or below N - ALIGN_SLACK (stepping down, never below
+       SAFE_FLOOR) and one that runs at or above N (stepping up), and bisect between them.
+    Every attempt allocates and invokes once, in a forked process (see :func:`attempt`).
     """
     runtime = _runtime()
     with open(path, "rb") as fh:
         data = fh.read()
-    working = None
-    log = ""
+    working, log = None, ""
     for size in ARENA_LADDER:
-        interp, log = try_allocate(runtime, data, size)
-        if interp is not None:
+        ok, log = attempt(runtime, data, size, invoke=True, report=True)
+        if ok:
             working = size
             break
     if working is None:
         return {"error": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
-    plog: list = []
-    with c_stderr(plog):
-        try:
-            _invoke_zeros(interp, data)
-            interp.print_allocations()
-            ok = True
-        except (RuntimeError, ValueError):
-            ok = False
-    if not ok:
-        return {"error": "invoke", "log": plog[0]}
-    text = plog[0]
+    text = log
     m = _TOTAL.search(text)
     reported = int(m.group(1)) if m else None
     head = _HEAD.search(text)
     tail = _TAIL.search(text)
-    del interp
     attempts = 0
-    lo = max(SAFE_FLOOR, reported or SAFE_FLOOR) - 1  # assumed to fail: the minimum is >= the reported total
-    hi = None
-    step = 64
-    cand = lo + 1
-    while cand < working:
+    start = max(SAFE_FLOOR, reported or SAFE_FLOOR)
+    # a failing lower end
+    lo, step = max(SAFE_FLOOR, start - ALIGN_SLACK), ALIGN_SLACK
+    while True:
         attempts += 1
-        interp, _ = try_allocate(runtime, data, cand)
-        if interp is not None:
-            hi = cand
+        if not attempt(runtime, data, lo)[0]:
             break
-        lo = cand
-        cand = lo + step
+        if lo == SAFE_FLOOR:  # runs even at the floor: report the floor, nothing smaller is tried
+            return _measured(SAFE_FLOOR, reported, head, tail, attempts, text, exact=False)
         step *= 2
-    if hi is None:
-        hi = working
+        lo = max(SAFE_FLOOR, lo - step)
+    # a working upper end
+    hi, step = start, 64
+    while hi < working:
+        attempts += 1
+        if attempt(runtime, data, hi)[0]:
+            break
+        lo = hi
+        hi, step = min(working, hi + step), step * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         attempts += 1
-        interp, _ = try_allocate(runtime, data, mid)
-        if interp is not None:
+        if attempt(runtime, data, mid)[0]:
             hi = mid
         else:
             lo = mid
-    interp, vlog = try_allocate(runtime, data, hi, invoke=True)
-    if interp is None:
-        return {"error": "invoke", "log": vlog}
-    return {"arena_bytes": hi, "reported_total": reported, "head": int(head.group(1)) if head else None,
+    return _measured(hi, reported, head, tail, attempts, text)
+
+
+def _measured(arena: int, reported, head, tail, attempts: int, text: str, exact: bool = True) -> dict:
+    return {"arena_bytes": arena, "exact": exact, "reported_total": reported, "head": int(head.group(1)) if head else None,
             "tail": int(tail.group(1)) if tail else None, "attempts": attempts, "log": text}
 
 
@@ -172,11 +213,15 @@ def run(path: str, inputs: str, outputs: str, arena: int | None = None) -> dict:
         data = fh.read()
     x = np.load(inputs, allow_pickle=False)
     interp, log = None, ""
-    for size in ((arena,) if arena else ARENA_LADDER):
-        interp, log = try_allocate(runtime, data, size)
-        if interp is not None:
-            arena = size
-            break
+    if not arena:  # the first size of the ladder that allocates and runs (tried in forked processes)
+        for size in ARENA_LADDER:
+            ok, log = attempt(runtime, data, size, invoke=True)
+            if ok:
+                arena = size
+                break
+        if not arena:
+            return {"error": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
+    interp, log = try_allocate(runtime, data, arena)
     if interp is None:
         return {"error": "allocate", "log": log}
     d = interp.get_input_details(0)

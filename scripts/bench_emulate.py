@@ -1,0 +1,344 @@
+"""How good are ``workbench emulate``'s latency estimates? And where do the cost coefficients
+of the target profiles come from?
+
+    python scripts/bench_emulate.py            # both tables
+    python scripts/bench_emulate.py --fit      # also print the fitted coefficients for targets/*.yaml
+    python scripts/bench_emulate.py --large    # also MobileNet v1/v2 224 (slower to build)
+
+Table 1: the ``host`` profile's estimate against LiteRT (XNNPACK, 1 thread) measured on this
+machine, for the reference models, with the ratio estimate / measured.
+
+Table 2: the ``stm32l4r5`` estimate for the MLPerf Tiny v0.5 reference submission (TFLM
+2.3.1 + CMSIS-NN on a Nucleo-L4R5ZI at 120 MHz), whose measured latencies are public
+(https://github.com/mlcommons/tiny_results_v0.5, closed/reference/results/Nucleo-L4R5ZI/*/performance/results.txt).
+The graphs are built here with the same layer shapes (and so the same MAC counts) as the
+MLPerf Tiny models and converted to int8 .tflite; weights are random, which does not change
+the cost. "fit" rows were used to fit the coefficients; "held out" rows were not. The
+leave-one-out column refits without that row and predicts it.
+
+Needs TensorFlow (to build the models); the models are cached in --work (a temporary folder
+by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Published MLPerf Tiny v0.5 reference latencies on the Nucleo-L4R5ZI (100 or 1000 inferences, median window).
+MLPERF_TINY_V05_MS = {
+    "kws": ("DS-CNN keyword spotting", 18.192 / 100 * 1e3),
+    "ic": ("ResNet-8 image classification", 70.4255 / 100 * 1e3),
+    "vww": ("MobileNetV1-0.25 visual wake words", 60.054 / 100 * 1e3),
+    "ad": ("FC autoencoder anomaly detection", 10.052 / 1000 * 1e3),
+}
+FIT_POINTS = ("kws", "ic", "ad")  # the two NOTES points, plus AD for the fully-connected factor
+ESP32S3_PERSON_DETECTION_MS = 54.0  # esp-tflite-micro README: ESP32-S3, person detection, with ESP-NN, 240 MHz
+
+
+# --- model builders (layer shapes of the MLPerf Tiny v0.5 reference models) -------------------
+
+
+def _keras():
+    import keras
+
+    return keras, keras.layers
+
+
+def ds_cnn():
+    keras, L = _keras()
+    i = keras.Input((49, 10, 1))
+    x = L.Conv2D(64, (10, 4), strides=(2, 2), padding="same", use_bias=False)(i)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    for _ in range(4):
+        x = L.ReLU()(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+        x = L.ReLU()(L.BatchNormalization()(L.Conv2D(64, 1, use_bias=False)(x)))
+    x = L.Flatten()(L.AveragePooling2D(pool_size=(25, 5))(x))
+    return keras.Model(i, L.Dense(12, activation="softmax")(x))
+
+
+def resnet8():
+    keras, L = _keras()
+    i = keras.Input((32, 32, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(i)))
+
+    def block(x, f, s):
+        y = L.ReLU()(L.BatchNormalization()(L.Conv2D(f, 3, strides=s, padding="same")(x)))
+        y = L.BatchNormalization()(L.Conv2D(f, 3, padding="same")(y))
+        if s != 1 or x.shape[-1] != f:
+            x = L.Conv2D(f, 1, strides=s, padding="same")(x)
+        return L.ReLU()(L.Add()([x, y]))
+
+    x = block(block(block(x, 16, 1), 32, 2), 64, 2)
+    x = L.Flatten()(L.AveragePooling2D(pool_size=8)(x))
+    return keras.Model(i, L.Dense(10, activation="softmax")(x))
+
+
+def mobilenet_v1_025(channels: int = 3):
+    keras, _ = _keras()
+    return keras.applications.MobileNet(input_shape=(96, 96, channels), alpha=0.25, weights=None, classes=2)
+
+
+def fc_autoencoder():
+    keras, L = _keras()
+    i = x = keras.Input((640,))
+    for units in (128, 128, 128, 128, 8, 128, 128, 128, 128):
+        x = L.ReLU()(L.BatchNormalization()(L.Dense(units)(x)))
+    return keras.Model(i, L.Dense(640)(x))
+
+
+def mobilenet_v2_224():
+    keras, _ = _keras()
+    return keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+
+
+def mobilenet_v1_224():
+    keras, _ = _keras()
+    return keras.applications.MobileNet(input_shape=(224, 224, 3), weights=None)
+
+
+BUILDERS = {"kws": ds_cnn, "ic": resnet8, "vww": mobilenet_v1_025, "ad": fc_autoencoder,
+            "pd": lambda: mobilenet_v1_025(1), "mnv2": mobilenet_v2_224, "mnv1": mobilenet_v1_224}
+
+
+def convert(model, out: Path, int8: bool) -> Path:
+    import tensorflow as tf
+
+    from workbench.quiet import captured_output
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        rng = np.random.default_rng(0)
+        shape = (1,) + tuple(model.input_shape[1:])
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = lambda: ([rng.standard_normal(shape).astype(np.float32)] for _ in range(16))
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        c.inference_input_type = tf.int8
+        c.inference_output_type = tf.int8
+    with captured_output():
+        data = c.convert()
+    out.write_bytes(data)
+    return out
+
+
+def build(work: Path, names, log) -> dict:
+    paths = {}
+    for name in names:
+        for dt in ("int8", "float"):
+            p = work / f"{name}_{dt}.tflite"
+            if not p.exists():
+                log(f"building {p.name} ...")
+                convert(BUILDERS[name](), p, dt == "int8")
+            paths[(name, dt)] = p
+    return paths
+
+
+def digits_models(work: Path, log) -> dict:
+    from workbench import api
+
+    out = {}
+    for scheme, dt in (("float", "float"), ("int8", "int8"), ("int16x8", "int16x8")):
+        p = work / f"digits_{dt}.tflite"
+        if not p.exists():
+            log(f"building {p.name} ...")
+            api.convert(ROOT / "models" / "digits_keras.keras", "tflite", p, scheme=scheme, calib="digits:train",
+                        calib_samples=200, write_manifest=False)
+        out[("digits", dt)] = p
+    return out
+
+
+# --- graph features and fits -------------------------------------------------------------------
+
+
+def features(path: Path) -> dict:
+    from workbench.emulate.cost import OP_CLASSES, activation_bytes
+    from workbench.frontends.tflite_reader import read_tflite
+
+    g = read_tflite(path)
+    f = {"ops": len(g.ops), "macs": 0, "fc_macs": 0, "dw_macs": 0, "bytes": 0}
+    for op in g.ops:
+        m = g.macs(op)
+        f["macs"] += m
+        f["bytes"] += activation_bytes(g, op)
+        if OP_CLASSES.get(op.kind) == "fully_connected":
+            f["fc_macs"] += m
+        if OP_CLASSES.get(op.kind) == "depthwise":
+            f["dw_macs"] += m
+    return f
+
+
+def fit_mcu(feat: dict, measured_ms: dict, clock_hz: float, points, fc_point: str | None = "ad") -> dict:
+    """cycles = cpm * (MACs - fc_MACs + fc_factor * fc_MACs) + cpb * bytes, fitted exactly or by least squares."""
+    conv_pts = [p for p in points if p != fc_point]
+    a = np.array([[feat[p]["macs"] - feat[p]["fc_macs"], feat[p]["bytes"]] for p in conv_pts], dtype=float)
+    y = np.array([measured_ms[p] * 1e-3 * clock_hz for p in conv_pts])
+    w = 1.0 / y  # relative error
+    cpm, cpb = np.linalg.lstsq(a * w[:, None], y * w, rcond=None)[0]
+    fc = 1.0
+    if fc_point in points and feat[fc_point]["fc_macs"]:
+        f = feat[fc_point]
+        fc = (measured_ms[fc_point] * 1e-3 * clock_hz - cpb * f["bytes"] - cpm * (f["macs"] - f["fc_macs"])) / (cpm * f["fc_macs"])
+    return {"cycles_per_mac": float(cpm), "cycles_per_byte": float(cpb), "fully_connected": float(fc)}
+
+
+def predict_mcu(f: dict, c: dict, clock_hz: float) -> float:
+    cyc = c["cycles_per_mac"] * (f["macs"] - f["fc_macs"] + c["fully_connected"] * f["fc_macs"]) + c["cycles_per_byte"] * f["bytes"]
+    return cyc / clock_hz * 1e3
+
+
+def measure_litert_ms(path: Path, threads: int = 1, seconds: float = 1.0, kernels: str = "xnnpack") -> tuple[float, float]:
+    """(median, min) ms of one invoke with LiteRT (XNNPACK delegate, or its builtin kernels)."""
+    from workbench.frontends import load
+    from workbench.runtimes.litert import LiteRTRunner
+
+    r = LiteRTRunner(load(path), threads=threads, kernels=kernels)
+    d = r.interp.get_input_details()[0]
+    x = np.zeros(d["shape"], d["dtype"])
+    for _ in range(5):
+        r.invoke_raw(x)
+    ts = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(ts) < 5:
+        t0 = time.perf_counter()
+        r.invoke_raw(x)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3), float(np.min(ts) * 1e3)
+
+
+def solve_cycles_per_mac(graph, target, dtype_key: str, measured_ms: float, threads: int) -> float:
+    """The cycles/MAC of one dtype row that makes the estimate equal ``measured_ms`` (the model is linear in it)."""
+    from dataclasses import replace
+
+    from workbench.emulate.cost import estimate_latency
+    from workbench.emulate.targets import DtypeCost
+
+    def est(cpm):
+        rows = dict(target.cost.dtypes)
+        rows[dtype_key] = DtypeCost(cycles_per_mac=cpm, cycles_per_byte=rows[dtype_key].cycles_per_byte)
+        return estimate_latency(graph, replace(target, cost=replace(target.cost, dtypes=rows)), threads=threads).total_ms
+
+    a, b = est(0.0), est(1.0)
+    return (measured_ms - a) / (b - a)
+
+
+def fit_host(rows: list, clock_hz: float) -> dict:
+    """Per dtype: op_overhead, cycles/MAC, cycles/byte by bounded least squares on relative error.
+
+    int8's cycles/MAC is kept at or above a quarter of float32's: a SIMD lane holds four
+    int8 values for one float32, so int8 cannot do more than 4x the MACs per cycle.
+    """
+    from scipy.optimize import lsq_linear
+
+    out = {}
+    for dt in ("float", "int8"):
+        sel = [r for r in rows if r["dtype"] == dt]
+        a = np.array([[r["feat"]["ops"], r["feat"]["macs"], r["feat"]["bytes"]] for r in sel], dtype=float)
+        y = np.array([r["measured_ms"] * 1e-3 * clock_hz for r in sel])
+        w = 1.0 / y
+        lower = [0.0, out["float"]["cycles_per_mac"] / 4 if dt == "int8" else 0.0, 0.0]
+        coef = lsq_linear(a * w[:, None], y * w, bounds=(lower, [np.inf] * 3)).x
+        out[dt] = {"op_overhead_cycles": float(coef[0]), "cycles_per_mac": float(coef[1]), "cycles_per_byte": float(coef[2])}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=None, help="folder for the built models (kept between runs)")
+    ap.add_argument("--fit", action="store_true", help="print the fitted coefficients for the target profiles")
+    ap.add_argument("--large", action="store_true", help="include MobileNet v1/v2 224 (slower to build)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timing budget per model")
+    args = ap.parse_args(argv)
+
+    def log(msg):
+        sys.stderr.write(msg + "\n")
+
+    from workbench.emulate import load_target
+    from workbench.emulate.cost import estimate_latency
+    from workbench.frontends.tflite_reader import read_tflite
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-emulate-"))
+    work.mkdir(parents=True, exist_ok=True)
+    names = ["kws", "ic", "vww", "ad", "pd"] + (["mnv1", "mnv2"] if args.large else [])
+    paths = {**digits_models(work, log), **build(work, names, log)}
+
+    # Table 1: host estimate vs LiteRT measured here.
+    host = load_target("host")
+    rows = []
+    for (name, dt), p in paths.items():
+        if dt == "int16x8":
+            continue
+        med, mn = measure_litert_ms(p, threads=1, seconds=args.seconds)
+        est = estimate_latency(read_tflite(p), host, threads=1).total_ms
+        rows.append({"name": name, "dtype": dt, "measured_ms": mn, "median_ms": med, "estimate_ms": est, "feat": features(p)})
+    print(f"Table 1. host profile estimate vs LiteRT measured on this machine (XNNPACK, 1 thread, {args.seconds:g} s per model)")
+    print("measured = fastest run (other processes share this machine's cores; the median is shown for reference)")
+    print(f"{'model':<10} {'dtype':<6} {'MACs':>12} {'measured ms':>12} {'median ms':>10} {'estimate ms':>12} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['name']:<10} {r['dtype']:<6} {r['feat']['macs']:>12,} {r['measured_ms']:>12.4f} {r['median_ms']:>10.4f} "
+              f"{r['estimate_ms']:>12.4f} {r['estimate_ms'] / r['measured_ms']:>7.2f}")
+    ratios = np.array([r["estimate_ms"] / r["measured_ms"] for r in rows])
+    print(f"geometric mean ratio {np.exp(np.mean(np.log(ratios))):.2f}, range {ratios.min():.2f} .. {ratios.max():.2f}")
+
+    # Table 3: what XNNPACK delegation is worth here (the undelegated factor and the int16x8 rows of the LiteRT profiles).
+    print()
+    print("Table 3. digits CNN on this machine, LiteRT 1 thread: XNNPACK delegate vs builtin kernels (fastest run, us)")
+    dl = {}
+    for dt in ("float", "int8", "int16x8"):
+        p = paths[("digits", dt)]
+        dl[dt] = (measure_litert_ms(p, 1, args.seconds)[1] * 1e3, measure_litert_ms(p, 1, args.seconds, kernels="builtin")[1] * 1e3)
+        print(f"digits {dt:<8} xnnpack {dl[dt][0]:8.2f} us   builtin {dl[dt][1]:8.2f} us")
+    undelegated = dl["float"][1] / dl["float"][0]
+    print(f"undelegated factor (float builtin / xnnpack) {undelegated:.2f}; int16x8 / int8 with XNNPACK {dl['int16x8'][0] / dl['int8'][0]:.2f}")
+
+    # Table 2: MLPerf Tiny on stm32l4r5.
+    tgt = load_target("stm32l4r5")
+    feat = {k: features(paths[(k, "int8")]) for k in MLPERF_TINY_V05_MS}
+    meas = {k: v[1] for k, v in MLPERF_TINY_V05_MS.items()}
+    print()
+    print("Table 2. stm32l4r5 estimate vs MLPerf Tiny v0.5 reference (TFLM 2.3.1 + CMSIS-NN, 120 MHz)")
+    print(f"{'model':<36} {'MACs':>11} {'published ms':>13} {'estimate ms':>12} {'error':>8} {'role':<9} {'leave-one-out':>14}")
+    for k, (title, ms) in MLPERF_TINY_V05_MS.items():
+        est = estimate_latency(read_tflite(paths[(k, "int8")]), tgt).total_ms
+        rest = [p for p in MLPERF_TINY_V05_MS if p != k]
+        loo = fit_mcu(feat, meas, tgt.clock_hz, rest, fc_point="ad" if "ad" in rest else None)
+        loo_txt = f"{(predict_mcu(feat[k], loo, tgt.clock_hz) / ms - 1) * 100:+.1f}%"
+        print(f"{title:<36} {feat[k]['macs']:>11,} {ms:>13.1f} {est:>12.1f} {(est / ms - 1) * 100:>+7.1f}% "
+              f"{'fit' if k in FIT_POINTS else 'held out':<9} {loo_txt:>14}")
+
+    if args.fit:
+        print()
+        c = fit_mcu(feat, meas, tgt.clock_hz, FIT_POINTS)
+        print(f"stm32l4r5 (Cortex-M4) int8: cycles_per_mac {c['cycles_per_mac']:.4f}  cycles_per_byte {c['cycles_per_byte']:.4f}  "
+              f"fully_connected factor {c['fully_connected']:.4f}")
+        pd = features(paths[("pd", "int8")])
+        m4_cycles = predict_mcu(pd, c, 1.0) * 1e-3
+        s3_cycles = ESP32S3_PERSON_DETECTION_MS * 1e-3 * 240e6
+        print(f"esp32-s3: person detection {pd['macs']:,} MACs = {m4_cycles:,.0f} Cortex-M4 cycles; measured {s3_cycles:,.0f} "
+              f"ESP32-S3 cycles -> speed factor {m4_cycles / s3_cycles:.3f}")
+        hf = fit_host(rows, host.clock_hz)
+        for dt, v in hf.items():
+            print(f"host {dt}: " + "  ".join(f"{k} {val:.5g}" for k, val in v.items()))
+        if args.large:
+            for board, points in (("raspberry-pi-4", (("int8", 17.0), ("float32", 46.0))), ("raspberry-pi-3b-plus", (("float32", 79.0),))):
+                t = load_target(board)
+                for key, ms in points:
+                    g = read_tflite(paths[("mnv2", "int8" if key == "int8" else "float")])
+                    cpm = solve_cycles_per_mac(g, t, key, ms, threads=4)
+                    est = estimate_latency(g, t, threads=4).total_ms
+                    print(f"{board} MobileNetV2 {key}: {ms} ms (XNNPACK README) -> cycles_per_mac {cpm:.4f}; "
+                          f"current profile estimates {est:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

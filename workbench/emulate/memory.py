@@ -1,0 +1,117 @@
+"""Flash and RAM of a model on a target, one measurer per runtime (a registry).
+
+* ``tflm`` (MCUs): flash = model bytes + the runtime's code (profile); RAM = the exact
+  tensor arena measured by :func:`workbench.runtimes.tflm.measure_arena_details` + the RAM
+  the runtime and firmware need besides it (profile).
+* ``litert`` (Linux boards): flash (storage) = model bytes + the runtime's installed code;
+  RAM = the peak resident memory of a fresh process that loads the model in LiteRT and runs
+  one inference, measured on this machine (see :mod:`workbench.emulate.litert_child`). The
+  budget is the board's RAM less what the OS keeps (profile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from workbench.emulate.targets import Target
+from workbench.errors import MissingDependencyError, ModelFormatError, RuntimeFailure
+from workbench.graph import Graph
+from workbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Memory:
+    flash_bytes: int
+    flash_budget: int | None  # None: external storage, not a limit
+    ram_bytes: int
+    ram_budget: int
+    arena_bytes: int | None  # MCU only
+    breakdown: dict
+
+    @property
+    def flash_margin(self) -> int | None:
+        return None if self.flash_budget is None else self.flash_budget - self.flash_bytes
+
+    @property
+    def ram_margin(self) -> int:
+        return self.ram_budget - self.ram_bytes
+
+
+MEASURERS: Registry[Callable[[Path, Graph, Target, dict], Memory]] = Registry("target runtime")
+
+
+@MEASURERS.register("tflm")
+def _tflm(model: Path, graph: Graph, target: Target, context: dict) -> Memory:
+    from workbench.runtimes.tflm import measure_arena_details
+
+    arena = measure_arena_details(model, timeout=context.get("timeout", 120.0), graph=graph)
+    model_bytes = model.stat().st_size
+    rt = target.runtime
+    return Memory(
+        flash_bytes=model_bytes + rt.code_bytes, flash_budget=target.flash_bytes,
+        ram_bytes=arena.arena_bytes + rt.ram_overhead_bytes, ram_budget=target.ram_bytes,
+        arena_bytes=arena.arena_bytes,
+        breakdown={"model_bytes": model_bytes, "runtime_code_bytes": rt.code_bytes, "arena": arena.to_dict(),
+                   "runtime_ram_bytes": rt.ram_overhead_bytes})
+
+
+@MEASURERS.register("litert")
+def _litert(model: Path, graph: Graph, target: Target, context: dict) -> Memory:
+    m = context.get("litert") or measure_litert(model, context.get("threads") or target.threads, context.get("timeout", 120.0))
+    if "error" in m:
+        raise_load_error(model, m)
+    model_bytes = model.stat().st_size
+    rt = target.runtime
+    budget = max(0, target.ram_bytes - rt.ram_overhead_bytes)
+    return Memory(
+        flash_bytes=model_bytes + rt.code_bytes, flash_budget=target.flash_bytes,
+        ram_bytes=int(m["peak_rss"]), ram_budget=budget, arena_bytes=None,
+        breakdown={"model_bytes": model_bytes, "runtime_code_bytes": rt.code_bytes,
+                   "process_baseline_rss_bytes": m["baseline_rss"], "rss_with_model_bytes": m["rss"],
+                   "peak_rss_bytes": m["peak_rss"], "os_reserved_bytes": rt.ram_overhead_bytes,
+                   "measured_with": f"{m.get('module')} {m.get('version') or ''}".strip(),
+                   "method": "peak resident memory of a fresh Python process that loads the model in LiteRT "
+                             "and runs one inference, measured on this machine"})
+
+
+def measure_litert(model: Path, threads: int, timeout: float = 120.0) -> dict:
+    """Run :mod:`workbench.emulate.litert_child` on ``model``: memory and XNNPACK delegation."""
+    import workbench
+
+    env = dict(os.environ)
+    root = str(Path(workbench.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "workbench.emulate.litert_child", str(Path(model).resolve()), str(threads)],
+                              capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"LiteRT did not load and run '{model}' within {timeout:g} s; the process was stopped.") from None
+    from workbench.emulate.litert_child import RESULT_PREFIX
+
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+    if result is None:
+        raise RuntimeFailure(f"LiteRT crashed or gave no result for '{model}' (exit code {proc.returncode}).",
+                             hint=(proc.stderr or "").strip().splitlines()[-1] if (proc.stderr or "").strip() else None)
+    if result.get("error") == "import":
+        raise MissingDependencyError("ai_edge_litert", "all", "Emulating a LiteRT board")
+    return result
+
+
+def raise_load_error(model: Path, result: dict) -> None:
+    message = (result.get("message") or "").strip().splitlines()
+    raise ModelFormatError(f"LiteRT could not load '{model}': {message[0] if message else 'unknown error'}",
+                           hint="The model may use an op LiteRT lacks (see workbench inspect) or be corrupt.")
+
+
+def measure(model: Path, graph: Graph, target: Target, context: dict | None = None) -> Memory:
+    return MEASURERS.get(target.runtime.name)(model, graph, target, context or {})

@@ -1,0 +1,299 @@
+"""Target device profiles: frozen dataclasses loaded from YAML files.
+
+The built-in profiles live in the repository's top-level ``targets/`` folder, installed as
+the package ``workbench.builtin.targets``. A user can pass any file of the same shape with
+``--target-file``. Every number in a profile carries the public source it came from
+(``sources``) or is listed under ``assumptions``; ``cost.calibration`` says how the cost
+coefficients were fitted (``scripts/bench_emulate.py --fit`` reproduces the fits).
+
+Loading validates every field and names the file and the field on an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+from workbench.errors import ConfigError, InputFileError
+
+KINDS = ("mcu", "linux")
+RUNTIMES = ("tflm", "litert")
+DTYPE_KEYS = ("int8", "int16", "float32")
+
+
+@dataclass(frozen=True)
+class DtypeCost:
+    """Cycles per multiply-accumulate and per byte of activations moved, for one compute dtype."""
+
+    cycles_per_mac: float
+    cycles_per_byte: float
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Coefficients of the per-op latency model in :mod:`workbench.emulate.cost`."""
+
+    dtypes: dict  # "int8" | "int16" | "float32" -> DtypeCost
+    op_overhead_cycles: float = 0.0
+    class_factors: dict = field(default_factory=dict)  # op class ("depthwise", "fully_connected", ...) -> factor
+    parallel_efficiency: float = 0.0  # each extra thread adds this fraction of a core on parallel ops
+    undelegated_factor: float = 1.0  # LiteRT: ops the XNNPACK delegate does not take run this much slower
+    calibration: str = ""
+
+    def dtype(self, key: str) -> DtypeCost:
+        return self.dtypes[key]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str  # tflm | litert
+    kernels: str  # cmsis-nn, esp-nn, xnnpack
+    code_bytes: int  # flash (or storage) taken by the runtime's code
+    ram_overhead_bytes: int  # RAM the runtime and firmware need besides the tensor arena (MCU) / the OS reserves (Linux)
+    package: str = ""  # the Python package that emulates it on this machine
+
+
+@dataclass(frozen=True)
+class Source:
+    fact: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    title: str
+    kind: str  # mcu | linux
+    core: str
+    clock_mhz: float
+    cores: int
+    threads: int  # threads the runtime uses by default
+    flash_bytes: int | None  # None: external storage (SD card), not a limit
+    ram_bytes: int
+    runtime: RuntimeSpec
+    cost: CostModel
+    sources: tuple[Source, ...]
+    assumptions: tuple[str, ...] = ()
+    path: str = ""
+
+    def __post_init__(self):
+        where = self.path or self.name
+        if self.kind not in KINDS:
+            raise ConfigError(f"Target file '{where}': field 'kind' must be one of {', '.join(KINDS)}, found {self.kind!r}.")
+        if self.runtime.name not in RUNTIMES:
+            raise ConfigError(f"Target file '{where}': field 'runtime.name' must be one of {', '.join(RUNTIMES)}, "
+                              f"found {self.runtime.name!r}.")
+        if self.threads > self.cores:
+            raise ConfigError(f"Target file '{where}': field 'threads' ({self.threads}) is more than 'cores' ({self.cores}).")
+        if not self.sources:
+            raise ConfigError(f"Target file '{where}': field 'sources' is empty; every profile cites where its numbers come from.")
+
+    @property
+    def clock_hz(self) -> float:
+        return self.clock_mhz * 1e6
+
+    def to_dict(self) -> dict:
+        rt = self.runtime
+        return {
+            "name": self.name, "title": self.title, "kind": self.kind, "core": self.core, "clock_mhz": self.clock_mhz,
+            "cores": self.cores, "threads": self.threads, "flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
+            "runtime": {"name": rt.name, "kernels": rt.kernels, "code_bytes": rt.code_bytes,
+                        "ram_overhead_bytes": rt.ram_overhead_bytes, "package": rt.package},
+            "cost": {"op_overhead_cycles": self.cost.op_overhead_cycles,
+                     "dtypes": {k: {"cycles_per_mac": v.cycles_per_mac, "cycles_per_byte": v.cycles_per_byte}
+                                for k, v in self.cost.dtypes.items()},
+                     "class_factors": dict(self.cost.class_factors),
+                     "parallel_efficiency": self.cost.parallel_efficiency,
+                     "undelegated_factor": self.cost.undelegated_factor,
+                     "calibration": self.cost.calibration},
+            "sources": [{"fact": s.fact, "url": s.url} for s in self.sources],
+            "assumptions": list(self.assumptions),
+            "path": self.path,
+        }
+
+
+# --- YAML parsing with field-level errors ---------------------------------------------------
+
+
+class _Reader:
+    """Reads typed fields out of nested dicts and raises ConfigError naming file and field."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, dotted: str, expected: str, found) -> ConfigError:
+        shown = "nothing (the field is missing)" if found is _MISSING else f"{found!r}"
+        return ConfigError(f"Target file '{self.where}': field '{dotted}' must be {expected}, found {shown}.",
+                           hint="Compare it with a built-in profile: workbench targets show stm32l4r5 --json")
+
+    def get(self, d: dict, key: str, prefix: str, kind: str, *, default=None, required: bool = True):
+        dotted = f"{prefix}{key}"
+        value = d.get(key, _MISSING) if isinstance(d, dict) else _MISSING
+        if value is _MISSING or value is None:
+            if not required:
+                return default
+            raise self.fail(dotted, _EXPECT[kind], value)
+        check = _CHECKS[kind]
+        if not check(value):
+            raise self.fail(dotted, _EXPECT[kind], value)
+        return _CONVERT.get(kind, lambda v: v)(value)
+
+    def section(self, d: dict, key: str, prefix: str = "") -> dict:
+        value = d.get(key, _MISSING) if isinstance(d, dict) else _MISSING
+        if not isinstance(value, dict):
+            raise self.fail(f"{prefix}{key}", "a mapping (indented key: value lines)", value)
+        return value
+
+
+_MISSING = object()
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_CHECKS = {
+    "str": lambda v: isinstance(v, str) and v.strip() != "",
+    "pos_int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "nonneg_int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "pos_number": lambda v: _is_number(v) and v > 0,
+    "nonneg_number": lambda v: _is_number(v) and v >= 0,
+    "fraction": lambda v: _is_number(v) and 0 <= v <= 1,
+}
+_EXPECT = {
+    "str": "a non-empty string", "pos_int": "a positive whole number", "nonneg_int": "a whole number >= 0",
+    "pos_number": "a positive number", "nonneg_number": "a number >= 0", "fraction": "a number from 0 to 1",
+}
+_CONVERT = {"pos_number": float, "nonneg_number": float, "fraction": float}
+
+
+def target_from_dict(d: dict, where: str) -> Target:
+    r = _Reader(where)
+    if not isinstance(d, dict):
+        raise ConfigError(f"Target file '{where}' must hold a mapping of fields (name, kind, core, ...), found {type(d).__name__}.")
+    known = {f.name for f in fields(Target)} - {"path"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"Target file '{where}': unknown field '{unknown[0]}'. Known fields: {', '.join(sorted(known))}.")
+    rt = r.section(d, "runtime")
+    runtime = RuntimeSpec(
+        name=r.get(rt, "name", "runtime.", "str"),
+        kernels=r.get(rt, "kernels", "runtime.", "str"),
+        code_bytes=r.get(rt, "code_bytes", "runtime.", "nonneg_int"),
+        ram_overhead_bytes=r.get(rt, "ram_overhead_bytes", "runtime.", "nonneg_int"),
+        package=r.get(rt, "package", "runtime.", "str", default="", required=False),
+    )
+    c = r.section(d, "cost")
+    dts = r.section(c, "dtypes", "cost.")
+    dtypes = {}
+    for key in DTYPE_KEYS:
+        sub = r.section(dts, key, "cost.dtypes.")
+        p = f"cost.dtypes.{key}."
+        dtypes[key] = DtypeCost(cycles_per_mac=r.get(sub, "cycles_per_mac", p, "nonneg_number"),
+                                cycles_per_byte=r.get(sub, "cycles_per_byte", p, "nonneg_number"))
+    factors = c.get("class_factors") or {}
+    if not isinstance(factors, dict):
+        raise r.fail("cost.class_factors", "a mapping of op class to factor", factors)
+    for k, v in factors.items():
+        if not (_is_number(v) and v > 0):
+            raise r.fail(f"cost.class_factors.{k}", "a positive number", v)
+    cost = CostModel(
+        dtypes=dtypes,
+        op_overhead_cycles=r.get(c, "op_overhead_cycles", "cost.", "nonneg_number", default=0.0, required=False),
+        class_factors={str(k): float(v) for k, v in factors.items()},
+        parallel_efficiency=r.get(c, "parallel_efficiency", "cost.", "fraction", default=0.0, required=False),
+        undelegated_factor=r.get(c, "undelegated_factor", "cost.", "pos_number", default=1.0, required=False),
+        calibration=r.get(c, "calibration", "cost.", "str", default="", required=False),
+    )
+    srcs = d.get("sources")
+    if not isinstance(srcs, list) or not srcs:
+        raise r.fail("sources", "a non-empty list of {fact, url} entries", srcs if srcs is not None else _MISSING)
+    sources = []
+    for i, s in enumerate(srcs):
+        if not isinstance(s, dict):
+            raise r.fail(f"sources[{i}]", "a mapping with 'fact' and 'url'", s)
+        sources.append(Source(fact=r.get(s, "fact", f"sources[{i}].", "str"), url=r.get(s, "url", f"sources[{i}].", "str")))
+    assumptions = d.get("assumptions") or []
+    if not isinstance(assumptions, list) or not all(isinstance(a, str) for a in assumptions):
+        raise r.fail("assumptions", "a list of strings", assumptions)
+    flash = d.get("flash_bytes", _MISSING)
+    if flash is _MISSING:
+        raise r.fail("flash_bytes", "a positive whole number, or null for external storage", _MISSING)
+    if flash is not None and not _CHECKS["pos_int"](flash):
+        raise r.fail("flash_bytes", "a positive whole number, or null for external storage", flash)
+    return Target(
+        name=r.get(d, "name", "", "str"),
+        title=r.get(d, "title", "", "str"),
+        kind=r.get(d, "kind", "", "str"),
+        core=r.get(d, "core", "", "str"),
+        clock_mhz=r.get(d, "clock_mhz", "", "pos_number"),
+        cores=r.get(d, "cores", "", "pos_int"),
+        threads=r.get(d, "threads", "", "pos_int"),
+        flash_bytes=flash,
+        ram_bytes=r.get(d, "ram_bytes", "", "pos_int"),
+        runtime=runtime,
+        cost=cost,
+        sources=tuple(sources),
+        assumptions=tuple(assumptions),
+        path=where,
+    )
+
+
+def load_target_file(path: str | Path) -> Target:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"Target file '{p}' does not exist.", hint="Check the path, or use a built-in profile: workbench targets list")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"Target file '{p}' is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}.",
+                          hint="Fix the syntax; compare with a built-in profile (workbench targets show host).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Target file '{p}' is not UTF-8 text.") from None
+    return target_from_dict(data, str(p))
+
+
+def _builtin_dir():
+    from importlib import resources
+
+    return resources.files("workbench.builtin.targets")
+
+
+@lru_cache(maxsize=1)
+def _builtin_files() -> dict[str, object]:
+    return {f.name[:-5]: f for f in _builtin_dir().iterdir() if f.name.endswith(".yaml")}
+
+
+def list_targets() -> list[str]:
+    """Names of the built-in target profiles."""
+    return sorted(_builtin_files())
+
+
+@lru_cache(maxsize=None)
+def _load_builtin(name: str) -> Target:
+    import yaml
+
+    f = _builtin_files()[name]
+    t = target_from_dict(yaml.safe_load(f.read_text(encoding="utf-8")), f"targets/{name}.yaml")
+    if t.name != name:
+        raise ConfigError(f"Target file 'targets/{name}.yaml' names itself {t.name!r}; the field 'name' must match the file name.")
+    return t
+
+
+def load_target(name_or_path: str | Path | Target) -> Target:
+    """A built-in profile by name, or a profile file by path (anything ending in .yaml/.yml or containing a '/')."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    s = str(name_or_path)
+    if s.endswith((".yaml", ".yml")) or "/" in s or "\\" in s:
+        return load_target_file(s)
+    files = _builtin_files()
+    if s not in files:
+        raise ConfigError(f"Unknown target {s!r}. Valid: {', '.join(list_targets())}.",
+                          hint="Or describe your board in a YAML file and pass --target-file FILE.")
+    return _load_builtin(s)
