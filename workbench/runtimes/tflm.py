@@ -321,6 +321,7 @@ class TflmRunner(Runner):
             if "error" in result:
                 raise _explain(result, self.graph, Path(self.handle.path))
             self.last_arena = result.get("arena_bytes")
+            self.last_invoke_seconds = result.get("invoke_seconds")  # time inside invoke(), for benchmarks
             return np.load(yout, allow_pickle=False)
 
     def info(self) -> dict:

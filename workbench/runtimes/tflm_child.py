@@ -35,6 +35,7 @@ import json
 import os
 import re
 import sys
+import time
 import tempfile
 
 RESULT_PREFIX = "@@tflm-result "
@@ -228,11 +229,14 @@ def run(path: str, inputs: str, outputs: str, arena: int | None = None) -> dict:
     shape = tuple(int(v) for v in d["shape"])
     outs = []
     rlog: list = []
+    invoke_s = 0.0
     with c_stderr(rlog):
         try:
             for sample in x:
                 interp.set_input(np.ascontiguousarray(sample.reshape(shape), dtype=d["dtype"]), 0)
+                t0 = time.perf_counter()
                 interp.invoke()
+                invoke_s += time.perf_counter() - t0
                 outs.append(np.array(interp.get_output(0), copy=True))
         except (RuntimeError, ValueError) as exc:
             failed = str(exc)
@@ -242,7 +246,7 @@ def run(path: str, inputs: str, outputs: str, arena: int | None = None) -> dict:
         return {"error": "invoke", "message": failed, "log": rlog[0]}
     y = np.concatenate([o.reshape((1,) + o.shape[1:]) if o.ndim else o.reshape(1, 1) for o in outs]) if outs else np.zeros((0,))
     np.save(outputs, y, allow_pickle=False)
-    return {"samples": len(outs), "arena_bytes": arena}
+    return {"samples": len(outs), "arena_bytes": arena, "invoke_seconds": invoke_s}
 
 
 def _schema():
