@@ -46,12 +46,23 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
         if fmt == "tflm":
             art = api.export_tflm(model, out, scheme=scheme, load_options=lo, overwrite=overwrite, **qopts, **tflm)
         else:
-            art = api.convert(model, fmt, out, scheme=scheme, overwrite=overwrite, load_options=lo, write_manifest=False,
+            handle = api.load(model, lo)
+            eval_data = None
+            if qopts.get("eval_data"):  # open and check it before minutes of conversion
+                from workbench.data import open_data
+                from workbench.data.dataset import fit_to_input
+
+                eval_data = open_data(qopts["eval_data"], split="test", limit=qopts["eval_samples"], seed=qopts["seed"])
+                fit_to_input(eval_data.x, handle.inputs[0].shape, handle.inputs[0].layout, eval_data.name, f"'{model}'")
+            art = api.convert(handle, fmt, out, scheme=scheme, overwrite=overwrite, write_manifest=False,
                               **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
-            if qopts.get("eval_data"):
-                cmp = api.evaluate(model, art.path, qopts["eval_data"], samples=qopts["eval_samples"], seed=qopts["seed"], load_options=lo)
-                art = art.with_metrics(**cmp.to_dict())
-            art.write_manifest()
+            try:
+                if eval_data is not None:
+                    art = art.with_metrics(**api.evaluate(handle, art.path, eval_data).to_dict())
+                art.write_manifest()
+            except BaseException:
+                art.path.unlink(missing_ok=True)  # the command failed: leave nothing behind
+                raise
     notes = [str(w.message) for w in caught if OWN_WARNING in w.filename.replace("\\", "/")]
     manifest = art.manifest()
     if as_json:
