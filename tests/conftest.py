@@ -64,6 +64,21 @@ def digits_tflite_int8(artifacts, digits_keras_path) -> Path:
     return _keras_to_tflite(digits_keras_path, artifacts / "digits_int8.tflite", "int8")
 
 
+@pytest.fixture(scope="session")
+def digits_int16x8(artifacts, digits_keras_path) -> Path:
+    return _keras_to_tflite(digits_keras_path, artifacts / "digits_int16x8.tflite", "int16x8")
+
+
+@pytest.fixture(scope="session")
+def digits_fp16(artifacts, digits_keras_path) -> Path:
+    return _keras_to_tflite(digits_keras_path, artifacts / "digits_fp16.tflite", "fp16")
+
+
+@pytest.fixture(scope="session")
+def digits_dynamic(artifacts, digits_keras_path) -> Path:
+    return _keras_to_tflite(digits_keras_path, artifacts / "digits_dynamic.tflite", "dynamic")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

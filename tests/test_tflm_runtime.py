@@ -38,29 +38,6 @@ def runs_with(model: Path, arena: int) -> bool:
     return r.returncode == 0
 
 
-def _convert(artifacts: Path, src: Path, scheme: str) -> Path:
-    from workbench import api
-
-    out = artifacts / f"digits_{scheme}.tflite"
-    if not out.exists():
-        api.convert(src, "tflite", out, scheme=scheme, calib="digits:train", calib_samples=200, write_manifest=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def digits_int16x8(artifacts, digits_keras_path):
-    return _convert(artifacts, digits_keras_path, "int16x8")
-
-
-@pytest.fixture(scope="module")
-def digits_fp16(artifacts, digits_keras_path):
-    return _convert(artifacts, digits_keras_path, "fp16")
-
-
-@pytest.fixture(scope="module")
-def digits_dynamic(artifacts, digits_keras_path):
-    return _convert(artifacts, digits_keras_path, "dynamic")
-
 
 @pytest.fixture(scope="module")
 def gelu_tflite(artifacts):

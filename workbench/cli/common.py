@@ -8,6 +8,7 @@ import sys
 import click
 
 from workbench.files import to_jsonable
+from workbench.units import human_bytes  # noqa: F401  (re-exported for the commands)
 
 
 def parse_shape(ctx, param, value):
@@ -59,16 +60,6 @@ def _numeric(s: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def progress(it, label: str, enabled: bool, length: int | None = None):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from workbench.emulate.cost import LatencyEstimate
 from workbench.emulate.memory import Memory
 from workbench.emulate.targets import Target
+from workbench.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,6 @@ class TargetReport:
         return d
 
 
-def _b(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def render_text(report: TargetReport, max_ops: int = 40) -> str:
     """A human summary: verdict, memory, latency, op table, notes."""
     t = report.target
@@ -117,14 +108,14 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
     if m is None:
         lines.append("  flash and RAM not measured: the runtime cannot load the model (unsupported ops below)")
     else:
-        fb = "external storage" if m.flash_budget is None else f"{_b(m.flash_budget)}, margin {_b(m.flash_margin)}"
-        lines.append(f"  flash   {_b(m.flash_bytes):>12}  (model {_b(report.model_bytes)} + runtime {_b(t.runtime.code_bytes)}; {fb})")
+        fb = "external storage" if m.flash_budget is None else f"{human_bytes(m.flash_budget)}, margin {human_bytes(m.flash_margin)}"
+        lines.append(f"  flash   {human_bytes(m.flash_bytes):>12}  (model {human_bytes(report.model_bytes)} + runtime {human_bytes(t.runtime.code_bytes)}; {fb})")
         if m.arena_bytes is not None:
-            lines.append(f"  RAM     {_b(m.ram_bytes):>12}  (arena {m.arena_bytes:,} B exact + runtime {_b(t.runtime.ram_overhead_bytes)}; "
-                         f"{_b(m.ram_budget)}, margin {_b(m.ram_margin)})")
+            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (arena {m.arena_bytes:,} B exact + runtime {human_bytes(t.runtime.ram_overhead_bytes)}; "
+                         f"{human_bytes(m.ram_budget)}, margin {human_bytes(m.ram_margin)})")
         else:
-            lines.append(f"  RAM     {_b(m.ram_bytes):>12}  (peak resident memory with LiteRT, measured; "
-                         f"{_b(m.ram_budget)} available, margin {_b(m.ram_margin)})")
+            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (peak resident memory with LiteRT, measured; "
+                         f"{human_bytes(m.ram_budget)} available, margin {human_bytes(m.ram_margin)})")
     lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (estimate, {report.latency.threads} thread(s), {report.latency.macs:,} MACs)")
     if report.accuracy is not None:
         a = report.accuracy
