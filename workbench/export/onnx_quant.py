@@ -157,13 +157,20 @@ def run_onnx_to_onnx(job: ExportJob) -> dict:
         return quantize_onnx(job.handle.path, job.out, job.config, job.calib, Path(tmp))
 
 
-def run_onnx_to_ort(job: ExportJob) -> dict:
-    with tempfile.TemporaryDirectory(prefix="workbench-onnx-") as tmp:
-        f = Path(tmp) / "model.onnx"
-        recipe = run_onnx_to_onnx(ExportJob(handle=job.handle, config=job.config, calib=job.calib, out=f, options=job.options))
-        recipe.update(to_ort_format(f, job.out))
-    return recipe
+def ort_from(run_onnx):
+    """An .ort exporter from an .onnx one: write the .onnx to a temporary file, then convert it."""
+
+    def run(job: ExportJob) -> dict:
+        from dataclasses import replace
+
+        with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:
+            f = Path(tmp) / "model.onnx"
+            recipe = run_onnx(replace(job, out=f))
+            recipe.update(to_ort_format(f, job.out))
+        return recipe
+
+    return run
 
 
 EXPORTERS.add(("onnx", "onnx"), Exporter(run=run_onnx_to_onnx, **ONNX_EXPORTER_SETTINGS))
-EXPORTERS.add(("onnx", "ort"), Exporter(run=run_onnx_to_ort, **ONNX_EXPORTER_SETTINGS))
+EXPORTERS.add(("onnx", "ort"), Exporter(run=ort_from(run_onnx_to_onnx), **ONNX_EXPORTER_SETTINGS))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from workbench.errors import RuntimeFailure
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, quantize_onnx, to_ort_format
+from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, ort_from, quantize_onnx
 from workbench.export.torch_common import traceable
 from workbench.quiet import captured_output
 
@@ -37,13 +37,5 @@ def run_onnx(job: ExportJob) -> dict:
     return recipe
 
 
-def run_ort(job: ExportJob) -> dict:
-    with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:
-        f = Path(tmp) / "model.onnx"
-        recipe = run_onnx(ExportJob(handle=job.handle, config=job.config, calib=job.calib, out=f, options=job.options))
-        recipe.update(to_ort_format(f, job.out))
-    return recipe
-
-
 EXPORTERS.add(("torch", "onnx"), Exporter(run=run_onnx, **ONNX_EXPORTER_SETTINGS))
-EXPORTERS.add(("torch", "ort"), Exporter(run=run_ort, **ONNX_EXPORTER_SETTINGS))
+EXPORTERS.add(("torch", "ort"), Exporter(run=ort_from(run_onnx), **ONNX_EXPORTER_SETTINGS))
