@@ -66,8 +66,12 @@ def execute(job, adir: Path) -> dict:
 def _emulated(path: Path, target: str) -> dict:
     from workbench.emulate import emulate
 
+    from workbench.errors import UnsupportedError
+
     try:
         r = emulate(path, target).to_dict()
+    except UnsupportedError as exc:  # the target's runtime cannot run this model at all (e.g. hybrid on TFLM)
+        return {"target": target, "fits": False, "error": exc.message}
     except WorkbenchError as exc:
         return {"target": target, "fits": None, "error": exc.message}
     keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops")
