@@ -48,6 +48,9 @@ def execute(job, adir: Path) -> dict:
                 artifacts[fmt] = out
         except WorkbenchError as exc:  # one impossible combination must not sink the whole run: record it
             errors.append(f"{fmt}: {exc.message}")
+    layer_errors = _layer_errors(handle, artifacts.get("tflite"), v, data, adir) if v.scheme == "int8" else None
+    if layer_errors:
+        info["layer_errors"] = layer_errors
     rows = []
     for fmt, path in artifacts.items():
         base = {"model": job.model.name, "variant": v.name, "format": fmt, "scheme": v.scheme,
@@ -61,6 +64,28 @@ def execute(job, adir: Path) -> dict:
         else:
             rows.append(base)
     return {"rows": rows, "errors": errors, "info": info, "artifacts": {k: str(Path(p).relative_to(adir)) for k, p in artifacts.items()}}
+
+
+def _layer_errors(handle, tflite: Path | None, v, data: dict, adir: Path) -> list[dict] | None:
+    """Per-layer SQNR of the int8 model against its float twin (the PTQ diagnosis), for the report."""
+    if handle is None or tflite is None or not data.get("calib"):
+        return None
+    from workbench import api
+    from workbench.data import open_data
+    from workbench.debug_quant import layer_errors
+    from workbench.data.dataset import fit_to_input
+
+    ref = adir.parent / "float-twin.tflite"
+    try:
+        api.convert(handle, "tflite", ref, scheme="float", write_manifest=False, overwrite=True)
+        spec = api.load(ref).inputs[0]
+        ds = open_data(data["calib"], split="train", limit=32, seed=1)
+        rows = layer_errors(ref, tflite, fit_to_input(ds.x, spec.shape, spec.layout, ds.name))
+    except WorkbenchError:
+        return None  # layers that cannot be paired by name (e.g. different converters): no chart
+    finally:
+        ref.unlink(missing_ok=True)
+    return [{"layer": r.name.split(";")[0], "op": r.op, "sqnr_db": r.sqnr_db} for r in sorted(rows, key=lambda r: r.index)]
 
 
 def _emulated(path: Path, target: str) -> dict:

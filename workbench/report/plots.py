@@ -57,6 +57,7 @@ def pareto(rows: list[dict], x_key: str, x_label: str, title: str, log_x: bool =
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _png(fig)
 
 
@@ -81,5 +82,23 @@ def memory_bars(rows: list[dict]) -> bytes | None:
             ax.set_title(f"{t}: {what} (limit {limit:,.0f} KiB)", fontsize=9)
             ax.set_xlabel("KiB")
             ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def layer_errors(jobs: dict) -> bytes | None:
+    """Per-layer SQNR of each int8 model against its float twin, in graph order (the PTQ diagnosis)."""
+    series = {k: j["info"]["layer_errors"] for k, j in jobs.items() if j.get("info", {}).get("layer_errors")}
+    if not series:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.6 * len(series)), squeeze=False)
+    for ax, (name, rows) in zip(axes.flat, sorted(series.items())):
+        labels = [f"{r['op']}: {r['layer'][-40:]}" for r in rows]
+        vals = [min(r["sqnr_db"], 80) for r in rows]
+        ax.barh(labels, vals, color=["#c0392b" if v < 20 else "#2e86c1" for v in vals])
+        ax.invert_yaxis()
+        ax.set_title(f"{name}: SQNR per layer (dB, higher is better)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return _png(fig)

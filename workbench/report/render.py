@@ -90,6 +90,7 @@ def write_reports(doc: dict, out: Path, broken: list[dict]) -> dict[str, Path]:
             "accuracy vs size": P.pareto([{**r, "target": r["format"]} for r in rows], "bytes", "artifact size (bytes)",
                                          "Accuracy against size", log_x=True),
             "memory against target limits": P.memory_bars(rows),
+            "per-layer quantization error (int8 vs float)": P.layer_errors(doc.get("jobs", {})),
         }
     except Exception as exc:  # plots are a convenience: a missing matplotlib must not lose the tables
         from workbench.errors import MissingDependencyError
