@@ -108,3 +108,17 @@ def test_bad_budget_expression_fails_before_work(tmp_path, digits_keras_path):
     p.write_text(RECIPE.format(model=digits_keras_path))
     r = CliRunner().invoke(main, ["run", str(p), "-o", str(tmp_path / "o"), "--fail-on", "accuracy_drop>>1"])
     assert r.exit_code == 2 and "does not parse" in r.output and not (tmp_path / "o").exists()
+
+
+def test_ray_executor_gives_the_same_results(tmp_path, digits_keras_path, run_dir):
+    pytest.importorskip("ray", reason="needs the ray extra (pip install 'workbench[ray]'); make test installs it")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(model=digits_keras_path).replace("[tflite, tflm]", "[tflite]"))
+    r = CliRunner().invoke(main, ["run", str(recipe), "-o", str(tmp_path / "ray-out"), "--executor", "ray", "--jobs", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    _, local = run_dir
+    key = lambda row: (row["variant"], row["format"], row.get("target"))  # noqa: E731
+    same = {key(x): (x["bytes"], x.get("accuracy"), x.get("arena_bytes")) for x in local["rows"] if x["format"] == "tflite"}
+    got = {key(x): (x["bytes"], x.get("accuracy"), x.get("arena_bytes")) for x in doc["rows"]}
+    assert got == same  # byte-identical artifacts, same accuracy and arena whichever executor ran them

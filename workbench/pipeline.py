@@ -53,7 +53,8 @@ def plan(recipe: Recipe) -> list[Job]:
     return jobs
 
 
-def run_recipe(recipe: Recipe, out: Path, jobs: int = 1, on_event: Callable[[str], None] | None = None) -> dict:
+def run_recipe(recipe: Recipe, out: Path, jobs: int = 1, on_event: Callable[[str], None] | None = None,
+               executor: str = "local", address: str | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / ".cache"
@@ -71,7 +72,11 @@ def run_recipe(recipe: Recipe, out: Path, jobs: int = 1, on_event: Callable[[str
             pending.append(job)
     t0 = time.time()
     if pending:
-        if jobs > 1 and len(pending) > 1:
+        if executor != "local":
+            for label, res in EXECUTORS.get(executor)(pending, str(cache), jobs, address):
+                results[label] = res
+                say(f"done    {label} ({res['seconds']:.0f} s, {executor})")
+        elif jobs > 1 and len(pending) > 1:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -97,6 +102,39 @@ def run_recipe(recipe: Recipe, out: Path, jobs: int = 1, on_event: Callable[[str
            "jobs": {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in results.items()}}
     write_json_atomic(out / "results.json", doc)
     return doc
+
+
+def _ray_executor(pending: list[Job], cache_dir: str, jobs: int, address: str | None):
+    """Each job as a Ray task. The output folder must be reachable by every worker (one machine, or
+    shared storage on a cluster); results and cache entries are the same as with local workers."""
+    from workbench.errors import require
+
+    ray = require("ray", "ray", "The Ray executor")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if address else {"num_cpus": max(1, jobs)}))
+    try:
+        task = ray.remote(num_cpus=1)(run_job)
+        refs = {task.remote(j, cache_dir): j for j in pending}
+        remaining = list(refs)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            yield refs[done[0]].label, ray.get(done[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _register_executors():
+    from workbench.registry import Registry
+
+    reg: Registry = Registry("executor")
+    reg.add("ray", _ray_executor)
+    return reg
+
+
+EXECUTORS = _register_executors()
 
 
 def run_job(job: Job, cache_dir: str) -> dict:

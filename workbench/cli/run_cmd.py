@@ -13,7 +13,8 @@ fail_on_option = click.option("--fail-on", "fail_on", multiple=True, metavar="EX
                               help="Exit 1 when a result breaks this budget, e.g. 'accuracy_drop>1.0', 'arena_bytes>200000'. Repeatable.")
 
 
-def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], as_json: bool):
+def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], as_json: bool,
+             executor: str = "local", address: str | None = None):
     from workbench.budgets import check, parse_budget
     from workbench.pipeline import run_recipe
     from workbench.recipe import load_recipe
@@ -30,7 +31,7 @@ def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], 
     say = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     if not quiet:
         say(f"running recipe '{recipe.name}' into {out} ...")
-    doc = run_recipe(recipe, out, jobs=jobs, on_event=say)
+    doc = run_recipe(recipe, out, jobs=jobs, on_event=say, executor=executor, address=address)
     broken = check(doc["rows"], budgets)
     paths = write_reports(doc, out, broken)
     if as_json:
@@ -57,15 +58,18 @@ def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], 
 @click.argument("recipe", type=click.Path())
 @click.option("-o", "--output", "out", type=click.Path(), default="workbench-run", show_default=True, help="Output folder.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Variants run in parallel worker processes.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local worker processes, or a Ray cluster (pip install 'workbench[ray]').")
+@click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
 @fail_on_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def run_cmd(recipe, out, jobs, fail_on, as_json):
+def run_cmd(recipe, out, jobs, executor, address, fail_on, as_json):
     """Run a recipe: every variant of every model, exported, evaluated and emulated on every target.
 
     Finished variants are cached in OUTPUT/.cache by content hash: a re-run only redoes what
     changed, and an interrupted run resumes. Writes results.json, report.md and report.html.
     """
-    _execute(Path(recipe), Path(out), jobs, fail_on, as_json)
+    _execute(Path(recipe), Path(out), jobs, fail_on, as_json, executor, address)
 
 
 @click.command("demo")
