@@ -14,7 +14,7 @@ from workbench.frontends.onnx_reader import read_onnx_bytes
 from workbench.frontends.tflite_reader import read_tflite_bytes
 from workbench.fuzzing import describe_graph, mutate
 
-SETTINGS = settings(max_examples=600, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+SETTINGS = settings(max_examples=1000, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                     derandomize=True)
 
 
