@@ -12,7 +12,7 @@ from pathlib import Path
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
 
-__all__ = ["load", "inspect", "convert", "evaluate", "export_tflm", "emulate", "profile", "profile_remote",
+__all__ = ["load", "inspect", "convert", "evaluate", "export_tflm", "emulate", "profile", "profile_remote", "prune", "qat",
            "ModelHandle", "LoadOptions"]
 
 
@@ -112,3 +112,19 @@ def profile_remote(model: str | Path, remote: str, **kw) -> dict:
     from workbench.profiling import profile_remote as _profile_remote
 
     return _profile_remote(model, remote, **kw)
+
+
+def prune(model, out: str | Path, config=None, train=None, val=None, **kw):
+    """Prune and fine-tune (magnitude or channel); see workbench.optimize.prune. Returns a PruneReport."""
+    from workbench.optimize.config import PruneConfig
+    from workbench.optimize.prune import prune as _prune
+
+    return _prune(model, out, config or PruneConfig(), train, val, **kw)
+
+
+def qat(model, out: str | Path, config=None, train=None, val=None, **kw):
+    """Quantization-aware training ending in an int8 .tflite; see workbench.optimize.qat. Returns a QATReport."""
+    from workbench.optimize.config import QATConfig
+    from workbench.optimize.qat import qat as _qat
+
+    return _qat(model, out, config or QATConfig(), train, val, **kw)

@@ -25,6 +25,9 @@ def _terminate(signum, frame):
 
 
 class WorkbenchGroup(click.Group):
+    def list_commands(self, ctx):  # keep the registration order in --help, not alphabetical
+        return list(self.commands)
+
     def invoke(self, ctx: click.Context):
         import signal
         import threading

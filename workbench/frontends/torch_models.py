@@ -79,7 +79,8 @@ def load_exported_program(path: Path, opts: LoadOptions) -> ModelHandle:
     if shape is None:
         placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
         if placeholders and "val" in placeholders[0].meta:
-            shape = tuple(int(d) for d in placeholders[0].meta["val"].shape)
+            # a symbolic (dynamic) dimension runs as 1 on the edge; its export hint is not a real size
+            shape = tuple(d if isinstance(d, int) else 1 for d in placeholders[0].meta["val"].shape)
     module = ep.module()
     ins, outs = _specs(module, shape, path)
     return ModelHandle(path=path, format="exported_program", framework="torch", inputs=ins, outputs=outs, obj=module,

@@ -50,7 +50,7 @@ SUPPORTED = frozenset({
 BENIGN_DEFAULTS = {
     "lora_rank": None, "lora_alpha": None, "quantization_config": None, "optional": False, "rms_scaling": False,
     "synchronized": False, "build_config": None, "sparse": False, "ragged": False, "seed": None,
-    "input_axes": None, "output_axes": None, "axis_order": None, "data_format": None,
+    "input_axes": None, "output_axes": None, "axis_order": None, "data_format": None, "groups": 1,
 }
 # Renamed keys: (class, Keras 3 name) <-> tf_keras name.
 RENAMES = {("LeakyReLU", "negative_slope"): "alpha"}
@@ -111,12 +111,14 @@ def keras_module(api: int):
 
 
 def api_of(model) -> int:
-    mod = type(model).__module__
-    if mod.startswith("tf_keras") or mod.startswith("tensorflow_model_optimization"):
-        return 2
-    if mod.startswith("keras"):
-        return 3
-    raise UnsupportedError(f"'{type(model).__name__}' is not a Keras model (module {mod}).")
+    """3 for a Keras 3 model, 2 for a tf_keras one (subclasses included)."""
+    for klass in type(model).__mro__:
+        mod = klass.__module__
+        if mod.startswith(("tf_keras", "tensorflow_model_optimization")):
+            return 2
+        if mod.startswith("keras"):
+            return 3
+    raise UnsupportedError(f"'{type(model).__name__}' is not a Keras model.")
 
 
 # ---------------------------------------------------------------- reading a graph
@@ -253,16 +255,24 @@ def _with_shapes(model, nodes: list[LayerNode]) -> list[LayerNode]:
     for n in nodes:
         try:
             layer = model.get_layer(n.name)
-            oshape = tuple(layer.output.shape)
-        except (ValueError, AttributeError, RuntimeError):
-            oshape = None
-        try:
-            ishape = layer.input.shape if not isinstance(layer.input, (list, tuple)) else layer.input[0].shape
-            ishape = tuple(ishape)
-        except (ValueError, AttributeError, RuntimeError, UnboundLocalError):
-            ishape = None
-        out.append(replace(n, output_shape=oshape, input_shape=ishape))
+        except ValueError:
+            out.append(n)
+            continue
+        out.append(replace(n, output_shape=_shape_of(layer, "output"), input_shape=_shape_of(layer, "input")))
     return out
+
+
+def _shape_of(layer, attr: str) -> tuple | None:
+    try:
+        t = getattr(layer, attr)
+    except (ValueError, AttributeError, RuntimeError):
+        return None
+    if isinstance(t, (list, tuple)):
+        if not t:
+            return None
+        t = t[0]
+    shape = getattr(t, "shape", None)
+    return None if shape is None else tuple(None if d is None else int(d) for d in shape)
 
 
 # ---------------------------------------------------------------- building a graph
@@ -270,8 +280,7 @@ def _with_shapes(model, nodes: list[LayerNode]) -> list[LayerNode]:
 def layer_config_for(node: LayerNode, api: int, keras) -> dict:
     """Translate a neutral layer config to what ``api``'s layer class accepts, or refuse."""
     cls = getattr(keras.layers, node.class_name)
-    params = inspect.signature(cls.__init__).parameters
-    takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    params = _init_params(cls)
     cfg = {}
     for k, v in node.config.items():
         key = k
@@ -280,18 +289,34 @@ def layer_config_for(node: LayerNode, api: int, keras) -> dict:
         elif api == 3:
             back = {v2: k3 for (c, k3), v2 in RENAMES.items() if c == node.class_name}
             key = back.get(k, k)
+        if node.class_name == "BatchNormalization" and key == "axis" and isinstance(v, (list, tuple)) and len(v) == 1:
+            v = int(v[0])  # tf_keras writes [3], Keras 3 wants an int
         if key in params or key in ("name", "trainable", "dtype"):
             cfg[key] = v
         elif key in BENIGN_DEFAULTS and BENIGN_DEFAULTS[key] == v:
             continue
-        elif takes_kwargs and key in ("name", "trainable", "dtype", "autocast"):
-            cfg[key] = v
         else:
             raise UnsupportedError(
                 f"Layer '{node.name}' ({node.class_name}) sets '{k}={v!r}', which the "
                 f"{'tf_keras' if api == 2 else 'Keras 3'} {node.class_name} does not have.",
                 hint="Use the default for that option, or train the model in its own Keras version.")
     return cfg
+
+
+def _init_params(cls) -> set[str]:
+    """Keyword arguments a layer class accepts, including those its __init__ passes to base classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            names.update(p.name for p in inspect.signature(init).parameters.values()
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        except (TypeError, ValueError):
+            continue
+    names.discard("self")
+    return names
 
 
 def rebuild(graph: KerasGraph, api: int, weights: dict[str, list[np.ndarray]] | None = None,

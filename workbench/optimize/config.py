@@ -1,0 +1,137 @@
+"""Frozen configs for training, pruning and quantization-aware training.
+
+Impossible combinations fail at construction, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from workbench.errors import ConfigError
+
+LOSSES = ("cross-entropy", "mse")
+LR_SCHEDULES = ("cosine", "constant")
+PRUNE_METHODS = ("magnitude", "channel")
+SCHEDULES = ("constant", "polynomial")
+CRITERIA = ("l1", "bn-gamma")
+ON_UNSUPPORTED = ("float", "error")
+
+# A polynomial schedule reaches its final sparsity after this fraction of the fine-tuning
+# steps; the remaining steps let the network recover at the final sparsity.
+POLYNOMIAL_RAMP = 0.75
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared training loop. ``step`` names a ``package.module:function`` (or ``file.py:function``)
+    that replaces the default training step; see :mod:`workbench.optimize.train`."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    loss: str = "cross-entropy"
+    lr_schedule: str = "cosine"  # cosine decay to zero over all steps, or constant
+    step: str | None = None
+    train_samples: int | None = None  # use a seeded subset of the training data
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"--epochs must be a non-negative integer, got {self.epochs!r}.")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr!r}.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ConfigError(f"--batch-size must be an integer of at least 2, got {self.batch_size!r}.",
+                              hint="Batch normalization needs two or more samples per training batch.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"Unknown loss '{self.loss}'. Valid: {', '.join(LOSSES)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"Unknown learning-rate schedule '{self.lr_schedule}'. Valid: {', '.join(LR_SCHEDULES)}.")
+        if self.step is not None and ":" not in self.step:
+            raise ConfigError(f"--step '{self.step}' should be written as 'package.module:function' or 'file.py:function'.")
+        if self.train_samples is not None and self.train_samples < 2:
+            raise ConfigError(f"--train-samples must be at least 2, got {self.train_samples}.")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of training step ``step`` (0-based) of ``total_steps``."""
+        if self.lr_schedule == "constant" or total_steps <= 0:
+            return float(self.lr)
+        return float(self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """``sparsity`` is the fraction of weights set to zero (magnitude) or of channels removed
+    from every prunable channel group (channel)."""
+
+    method: str = "magnitude"
+    sparsity: float = 0.5
+    schedule: str = "constant"
+    criterion: str = "l1"
+    frequency: int | None = None  # steps between mask updates (magnitude); None: four times per epoch
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calib_samples: int = 200  # for the int8 .tflite the report measures
+    latency_runs: int = 300
+
+    def __post_init__(self):
+        if self.method not in PRUNE_METHODS:
+            raise ConfigError(f"Unknown pruning method '{self.method}'. Valid: {', '.join(PRUNE_METHODS)}.")
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:
+            raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity!r}.",
+                              hint="0.5 removes half of the weights (magnitude) or half of the channels (channel).")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"Unknown schedule '{self.schedule}'. Valid: {', '.join(SCHEDULES)}.")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"Unknown criterion '{self.criterion}'. Valid: {', '.join(CRITERIA)}.")
+        if self.method == "channel" and self.schedule != "constant":
+            raise ConfigError("--schedule polynomial applies to magnitude pruning; channel pruning removes the channels "
+                              "once, then fine-tunes.", hint="Use --schedule constant with --method channel.")
+        if self.method == "magnitude" and self.criterion != "l1":
+            raise ConfigError("--criterion ranks channels for --method channel; magnitude pruning ranks single weights "
+                              "by their absolute value.")
+        if self.schedule == "polynomial" and self.train.epochs < 1:
+            raise ConfigError("A polynomial schedule raises the sparsity during fine-tuning: it needs --epochs 1 or more.")
+        if self.frequency is not None and self.frequency < 1:
+            raise ConfigError(f"--frequency must be a positive number of steps, got {self.frequency}.")
+        if self.calib_samples < 1 or self.latency_runs < 1:
+            raise ConfigError("calib_samples and latency_runs must be positive.")
+
+    def sparsity_at(self, step: int, total_steps: int) -> float:
+        """Target sparsity before training step ``step`` (0-based) of ``total_steps``."""
+        if self.schedule == "constant" or total_steps <= 0:
+            return float(self.sparsity)
+        end = max(1, int(round(total_steps * POLYNOMIAL_RAMP)))
+        t = min(1.0, step / end)
+        return float(self.sparsity * (1.0 - (1.0 - t) ** 3))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training to an int8 .tflite. ``on_unsupported``: ``float`` leaves layers
+    the QAT tooling cannot wrap in float (and names them), ``error`` refuses the model."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    per_channel: bool = True
+    on_unsupported: str = "float"
+    calib_samples: int = 200  # for the PTQ model it is compared with
+    onnx: bool = False  # PyTorch: also write an int8 (QDQ) ONNX file beside the .tflite
+
+    def __post_init__(self):
+        if self.on_unsupported not in ON_UNSUPPORTED:
+            raise ConfigError(f"Unknown policy '{self.on_unsupported}'. Valid: {', '.join(ON_UNSUPPORTED)}.")
+        if self.calib_samples < 1:
+            raise ConfigError(f"--calib-samples must be positive, got {self.calib_samples}.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
