@@ -29,21 +29,21 @@ from workbench.frontends.handle import ModelHandle
 class Stack:
     name: str
     runtime: str
-    build: Callable[[ModelHandle, Path], Path]  # returns the file this stack loads
+    build: Callable[[ModelHandle, Path, Dataset], Path]  # (model, folder, calibration data) -> the file this stack loads
 
 
 def _convert(fmt: str, scheme: str):
-    def build(h: ModelHandle, tmp: Path):
+    def build(h: ModelHandle, tmp: Path, calib: Dataset) -> Path:
         from workbench import api
 
         out = tmp / f"{scheme}.{fmt}"
-        api.convert(h, fmt, out, scheme=scheme, calib=_CALIB.get(id(h)), write_manifest=False)
+        api.convert(h, fmt, out, scheme=scheme, calib=calib, write_manifest=False)
         return out
 
     return build
 
 
-def _torch_export(h: ModelHandle, tmp: Path) -> Path:
+def _torch_export(h: ModelHandle, tmp: Path, calib: Dataset) -> Path:
     import torch
 
     p = tmp / "model.pt2"
@@ -51,7 +51,7 @@ def _torch_export(h: ModelHandle, tmp: Path) -> Path:
     return p
 
 
-def _torchscript(h: ModelHandle, tmp: Path) -> Path:
+def _torchscript(h: ModelHandle, tmp: Path, calib: Dataset) -> Path:
     import torch
 
     p = tmp / "model.ts"
@@ -59,7 +59,7 @@ def _torchscript(h: ModelHandle, tmp: Path) -> Path:
     return p
 
 
-def _reload(h: ModelHandle, tmp: Path) -> Path:
+def _reload(h: ModelHandle, tmp: Path, calib: Dataset) -> Path:
     """The original file itself, so its load time is measured like every other stack's."""
     return Path(h.path)
 
@@ -86,7 +86,6 @@ STACKS = {
         Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
     ],
 }
-_CALIB: dict = {}
 
 
 def _latency(runner, x: np.ndarray, runs: int) -> float:
@@ -117,7 +116,6 @@ def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads
     if stacks is None:
         raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch and Keras models; '{handle.path}' is {handle.format}.",
                              hint="Pass the original PyTorch or Keras model.")
-    _CALIB[id(handle)] = calib
     probe = data if data is not None else calib.take(min(len(calib), 200))
     rows = []
     ref_out = None
@@ -129,7 +127,7 @@ def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads
             try:
                 folder = Path(tmp) / st.name.replace(" ", "_")
                 folder.mkdir()
-                path = st.build(handle, folder)
+                path = st.build(handle, folder, calib)
                 row["bytes"] = path.stat().st_size
                 extra = {"factory": handle.meta.get("factory"), "input_shape": handle.inputs[0].shape} if st.runtime == "torch" else {}
                 t0 = time.perf_counter()
@@ -149,5 +147,4 @@ def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads
             rows.append(row)
             if on_row:
                 on_row(row)
-    _CALIB.pop(id(handle), None)
     return {"model": str(handle.path), "framework": handle.framework, "samples": len(probe), "threads": threads, "rows": rows}

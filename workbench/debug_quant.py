@@ -96,7 +96,6 @@ def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", sampl
                                hint="For PyTorch models, per-layer diagnosis works; keep layers in float in the model itself.")
     if auto_keep_float < 0:
         raise ConfigError("--auto-keep-float must be 0 or more.")
-    spec = handle.inputs[0]
     with tempfile.TemporaryDirectory(prefix="workbench-dq-") as tmp:
         t = Path(tmp)
         common = dict(calib=calib, calib_samples=calib_samples, write_manifest=False)
@@ -128,7 +127,6 @@ def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", sampl
             api.convert(handle, "tflite", out, scheme=scheme, keep_float=tuple(chosen), overwrite=overwrite, calib=calib,
                         calib_samples=calib_samples)
             result["output"] = str(out)
-    del spec
     return result
 
 

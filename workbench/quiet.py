@@ -86,3 +86,17 @@ def quiet_frameworks() -> None:
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         cache = os.path.join(os.path.expanduser("~"), ".cache", "workbench", "torchinductor")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+
+
+def import_quietly(*modules: str, extra: str, purpose: str):
+    """Import heavy framework modules in order, with their start-up chatter (C++ logs, loader
+    warnings) kept off the user's terminal; a missing one raises MissingDependencyError naming
+    ``extra``. Returns the last module."""
+    from workbench.errors import require
+
+    quiet_frameworks()
+    mod = None
+    with captured_output(python_streams=False):
+        for name in modules:
+            mod = require(name, extra, purpose)
+    return mod

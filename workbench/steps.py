@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -109,10 +110,10 @@ def _emulated(path: Path, target: str) -> dict:
 
 
 def _size(p: Path) -> int:
+    """Model bytes: the file itself, or for TFLite Micro sources the model their array holds."""
     p = Path(p)
     if p.is_dir():
-        data = next(iter(sorted(p.glob("*_model_data.*"))), None)
-        return sum(f.stat().st_size for f in p.rglob("*.tflite")) or (data.stat().st_size if data else 0)
+        return int(json.loads((p / "manifest.json").read_text())["metrics"]["model_bytes"])
     return p.stat().st_size
 
 
@@ -122,8 +123,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        try:
-            from workbench.optimize import pipeline_steps  # noqa: F401  (registers prune and qat)
-        except ImportError:
-            pass
+        from workbench.optimize import pipeline_steps  # noqa: F401  (registers prune and qat)
+
         _done = True

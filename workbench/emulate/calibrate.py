@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.emulate.cost import dtype_row
-from workbench.emulate.targets import CostModel, DtypeCost, Source, Target, load_target, target_from_dict
+from workbench.emulate.targets import DtypeCost, Source, Target, load_target, target_from_dict
 from workbench.errors import ConfigError, InputFileError
 from workbench.files import sha256_file
 

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from workbench.errors import RuntimeFailure, UnsupportedError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.quiet import captured_output, quiet_frameworks
+from workbench.quiet import captured_output, import_quietly
 
 
 def import_tf():
-    quiet_frameworks()
-    from workbench.errors import require
-
-    with captured_output(python_streams=False):
-        return require("tensorflow", "tf", "Converting Keras models to TFLite")
+    return import_quietly("tensorflow", extra="tf", purpose="Converting Keras models to TFLite")
 
 
 def make_converter(job: ExportJob):
@@ -105,8 +101,9 @@ def set_per_tensor(conv) -> None:
 def convert_bytes(job: ExportJob) -> tuple[bytes, dict]:
     tf, conv = make_converter(job)
     recipe = configure(tf, conv, job)
-    try:
-        with captured_output() as cap:
+    error = None
+    with captured_output() as cap:  # the converter's log is read back to explain a failure
+        try:
             if job.config.keep_float:
                 debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=conv, debug_dataset=_representative(job.calib),
@@ -115,9 +112,11 @@ def convert_bytes(job: ExportJob) -> tuple[bytes, dict]:
                 recipe["float_layers"] = list(job.config.keep_float)
             else:
                 data = conv.convert()
-    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
-        raise RuntimeFailure(_converter_message(job, exc, cap.text if "cap" in locals() else ""),
-                             hint="Try another --scheme, or keep the failing layer in float with --keep-float.") from None
+        except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
+            error = exc
+    if error is not None:
+        raise RuntimeFailure(_converter_message(job, error, cap.text),
+                             hint="Try another --scheme, or keep the failing layer in float with --keep-float.")
     return data, recipe
 
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from workbench.errors import ConfigError, UnsupportedError
 from workbench.frontends.handle import ModelHandle
-from workbench.frontends.torch_models import eval_mode
-from workbench.quiet import captured_output, quiet_frameworks
-
-
-def import_torch():
-    quiet_frameworks()
-    from workbench.errors import require
-
-    with captured_output(python_streams=False):
-        return require("torch", "torch", "Exporting PyTorch models")
+from workbench.frontends.torch_models import eval_mode, import_torch  # noqa: F401  (re-exported)
+from workbench.quiet import import_quietly
 
 
 def import_litert_torch():
     """litert_torch prints loader noise from torchao and absl at import: keep it off the user's terminal."""
-    quiet_frameworks()
-    from workbench.errors import require
-
-    with captured_output(python_streams=False):
-        require("torch", "torch", "Converting PyTorch models to TFLite")
-        return require("litert_torch", "torch", "Converting PyTorch models to TFLite")
+    return import_quietly("torch", "litert_torch", extra="torch", purpose="Converting PyTorch models to TFLite")
 
 
 def traceable(handle: ModelHandle):

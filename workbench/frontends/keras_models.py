@@ -14,21 +14,15 @@ from pathlib import Path
 from workbench.errors import ModelFormatError, UnsafeModelError, require
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
-from workbench.quiet import captured_output, quiet_frameworks
+from workbench.quiet import captured_output, import_quietly
 
 
 def import_keras3():
-    quiet_frameworks()
-    with captured_output(python_streams=False):
-        require("tensorflow", "tf", "Loading Keras models")
-        return require("keras", "tf", "Loading Keras 3 models")
+    return import_quietly("tensorflow", "keras", extra="tf", purpose="Loading Keras 3 models")
 
 
 def import_tf_keras():
-    quiet_frameworks()
-    with captured_output(python_streams=False):
-        require("tensorflow", "tf", "Loading Keras 2 models")
-        return require("tf_keras", "tf", "Loading Keras 2 (.h5) models")
+    return import_quietly("tensorflow", "tf_keras", extra="tf", purpose="Loading Keras 2 (.h5) models")
 
 
 def _keras_specs(model) -> tuple[tuple, tuple]:
@@ -125,9 +119,7 @@ def load_h5(path: Path, opts: LoadOptions) -> ModelHandle:
 
 @LOADERS.register("savedmodel")
 def load_savedmodel(path: Path, opts: LoadOptions) -> ModelHandle:
-    quiet_frameworks()
-    with captured_output(python_streams=False):
-        tf = require("tensorflow", "tf", "Loading SavedModel folders")
+    tf = import_quietly("tensorflow", extra="tf", purpose="Loading SavedModel folders")
     try:
         with captured_output():
             obj = tf.saved_model.load(str(path))

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.errors import ConfigError, ModelFormatError, UnsafeModelError, require
+from workbench.errors import ConfigError, ModelFormatError, UnsafeModelError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
-from workbench.quiet import quiet_frameworks
+from workbench.quiet import import_quietly
 
 
 def import_torch():
-    quiet_frameworks()
-    return require("torch", "torch", "Loading PyTorch models")
+    return import_quietly("torch", extra="torch", purpose="Loading PyTorch models")
 
 
 def eval_mode(model) -> None:

@@ -62,19 +62,14 @@ def accuracy_of(model: str | Path | ModelHandle, data: Dataset | None, runtime: 
     """Top-1 accuracy of a model in its real runtime (None without labels)."""
     if data is None or data.y is None:
         return None
-    from workbench.data.dataset import fit_to_input
+    from workbench.evaluate import accuracy
     from workbench.frontends import load
     from workbench.runtimes import open_runner
 
     handle = model if isinstance(model, ModelHandle) else load(model)
     runner = open_runner(handle, runtime, **runner_options)
     try:
-        spec = runner.inputs[0]
-        x = fit_to_input(data.x, spec.shape, spec.layout, data.name, f"'{handle.path}'")
-        # An ExportedProgram is specialised to the batch size it was exported with.
-        bs = spec.shape[0] if handle.format == "exported_program" and spec.shape and spec.shape[0] else None
-        y = runner.predict(x, batch_size=bs)
-        return round(float(np.mean(y.argmax(1) == data.y)), 6)
+        return round(accuracy(runner, data, f"'{handle.path}'"), 6)
     finally:
         runner.close()
 

@@ -74,10 +74,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        from workbench.runtimes import frameworks, litert, ort  # noqa: F401
+        from workbench.runtimes import frameworks, litert, ort, tflm  # noqa: F401
 
-        try:
-            from workbench.runtimes import tflm  # noqa: F401
-        except ImportError:  # pragma: no cover - module added with the MCU exporter
-            pass
         _done = True
