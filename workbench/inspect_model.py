@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 from workbench.files import sha256_file
 from workbench.frontends.handle import ModelHandle
@@ -16,13 +17,21 @@ from workbench.registry import Registry
 LAYER_TABLES: Registry = Registry("framework")
 
 
+@dataclass(frozen=True)
+class LayerTable:
+    """What a framework's table function returns: one row per layer, the model's parameter count,
+    and, when MACs cannot be counted for this kind of model, why."""
+
+    rows: list
+    parameters: int
+    macs_unknown: str | None = None
+
+
 def describe(handle: ModelHandle) -> dict:
-    layers = LAYER_TABLES.get(handle.framework)(handle)
+    table = LAYER_TABLES.get(handle.framework)(handle)
+    layers = table.rows
     p = handle.path
     size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-    params = handle.meta.get("parameters")
-    if params is None:
-        params = sum(r.get("params", 0) for r in layers)
     return {
         "path": str(p),
         "format": handle.format,
@@ -31,15 +40,15 @@ def describe(handle: ModelHandle) -> dict:
         "sha256": sha256_file(p),
         "inputs": [s.to_dict() for s in handle.inputs],
         "outputs": [s.to_dict() for s in handle.outputs],
-        "parameters": int(params),
-        "macs": None if handle.meta.get("macs_unknown") else int(sum(r.get("macs", 0) for r in layers)),
-        **({"note": handle.meta["macs_unknown"]} if handle.meta.get("macs_unknown") else {}),
+        "parameters": int(table.parameters),
+        "macs": None if table.macs_unknown else int(sum(r.get("macs", 0) for r in layers)),
+        **({"note": table.macs_unknown} if table.macs_unknown else {}),
         "op_counts": dict(Counter(r["op"] for r in layers)),
         "layers": layers,
     }
 
 
-def _graph_rows(handle: ModelHandle) -> list[dict]:
+def _graph_rows(handle: ModelHandle) -> LayerTable:
     g = handle.meta["graph"]
     rows = []
     for op in g.ops:
@@ -50,8 +59,7 @@ def _graph_rows(handle: ModelHandle) -> list[dict]:
             "shape": list(out.shape) if out is not None and out.shape is not None else None,
             "dtype": g.op_dtype(op), "params": params, "macs": g.macs(op),
         })
-    handle.meta["parameters"] = g.parameters
-    return rows
+    return LayerTable(rows, g.parameters)
 
 
 LAYER_TABLES.add("tflite", _graph_rows)
@@ -59,10 +67,10 @@ LAYER_TABLES.add("onnx", _graph_rows)
 
 
 @LAYER_TABLES.register("keras")
-def _keras_rows(handle: ModelHandle) -> list[dict]:
+def _keras_rows(handle: ModelHandle) -> LayerTable:
     model = handle.obj
     if model is None or not hasattr(model, "layers"):
-        return []  # a SavedModel without Keras metadata: signature only
+        return LayerTable([], 0)  # a SavedModel without Keras metadata: signature only
     rows = []
     for layer in _flat_layers(model):
         cls = type(layer).__name__
@@ -76,8 +84,7 @@ def _keras_rows(handle: ModelHandle) -> list[dict]:
         macs = _keras_macs(layer, cls, out_shape)
         rows.append({"name": layer.name, "op": cls, "shape": [d for d in out_shape] if out_shape else None,
                      "dtype": str(getattr(layer, "compute_dtype", "float32")), "params": params, "macs": macs})
-    handle.meta["parameters"] = int(model.count_params())
-    return rows
+    return LayerTable(rows, int(model.count_params()))
 
 
 def _flat_layers(model):
@@ -106,19 +113,19 @@ def _keras_macs(layer, cls: str, out_shape) -> int:
 
 
 @LAYER_TABLES.register("torch")
-def _torch_rows(handle: ModelHandle) -> list[dict]:
+def _torch_rows(handle: ModelHandle) -> LayerTable:
     """One row per ATen op of the model traced with torch.export; MACs from the traced shapes."""
     import torch
 
     model = handle.obj
     if isinstance(model, torch.jit.ScriptModule):
         # TorchScript cannot be re-traced by torch.export: list layers with their parameters; MACs stay unknown.
-        handle.meta["parameters"] = int(sum(p.numel() for p in model.parameters()))
-        handle.meta["macs_unknown"] = "TorchScript cannot be traced by torch.export; save an ExportedProgram (.pt2) for per-layer MACs"
-        return [{"name": n, "op": m.original_name, "shape": None, "dtype": "", "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
+        rows = [{"name": n, "op": m.original_name, "shape": None, "dtype": "", "params": int(sum(p.numel() for p in m.parameters(recurse=False))),
                  "macs": 0} for n, m in model.named_modules() if n and not list(m.children())]
+        return LayerTable(rows, int(sum(p.numel() for p in model.parameters())),
+                          "TorchScript cannot be traced by torch.export; save an ExportedProgram (.pt2) for per-layer MACs")
     if not handle.inputs or handle.inputs[0].shape is None:
-        return []
+        return LayerTable([], int(sum(p.numel() for p in model.parameters())), "the input shape is unknown; pass --input-shape")
     ep = handle.meta.get("exported_program")
     if ep is None:
         ep = torch.export.export(model, (torch.zeros(*[d or 1 for d in handle.inputs[0].shape]),))
@@ -139,8 +146,7 @@ def _torch_rows(handle: ModelHandle) -> list[dict]:
         layer = list(stack.values())[-1][0] if stack else node.name
         rows.append({"name": layer or node.name, "op": op, "shape": list(out.shape), "dtype": str(out.dtype).replace("torch.", ""),
                      "params": n_params, "macs": _aten_macs(op, node, out)})
-    handle.meta["parameters"] = int(sum(v.numel() for k, v in state.items() if k in ep.graph_signature.parameters))
-    return rows
+    return LayerTable(rows, int(sum(v.numel() for k, v in state.items() if k in ep.graph_signature.parameters)))
 
 
 def _aten_macs(op: str, node, out) -> int:
