@@ -114,7 +114,7 @@ BUILDERS = {"kws": ds_cnn, "ic": resnet8, "vww": mobilenet_v1_025, "ad": fc_auto
 def convert(model, out: Path, int8: bool) -> Path:
     import tensorflow as tf
 
-    from workbench.quiet import captured_output
+    from workbench.core.quiet import captured_output
 
     c = tf.lite.TFLiteConverter.from_keras_model(model)
     if int8:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench import api  # noqa: E402
-from workbench.errors import WorkbenchError  # noqa: E402
+from workbench.core.errors import WorkbenchError  # noqa: E402
 
 MODELS = {
     "digits": ("digits", "workbench.builtin.models.reference:digits_torch"),

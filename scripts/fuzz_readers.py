@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.errors import ModelFormatError  # noqa: E402
+from workbench.core.errors import ModelFormatError  # noqa: E402
 from workbench.frontends.onnx_reader import read_onnx_bytes  # noqa: E402
 from workbench.frontends.tflite_reader import read_tflite_bytes  # noqa: E402
-from workbench.fuzzing import describe_graph, mutate  # noqa: E402
+from workbench.frontends.fuzzing import describe_graph, mutate  # noqa: E402
 
 READERS = {".tflite": read_tflite_bytes, ".onnx": read_onnx_bytes}
 

@@ -8,7 +8,7 @@ import pytest
 
 from workbench.data import open_data
 from workbench.data.dataset import Dataset, fit_to_input
-from workbench.errors import DataError, InputFileError
+from workbench.core.errors import DataError, InputFileError
 
 
 def test_builtin_digits_split_is_fixed_and_disjoint():

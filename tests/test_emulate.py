@@ -16,7 +16,7 @@ from workbench.cli import main
 from workbench.emulate import emulate, load_target
 from workbench.emulate.cost import activation_bytes, estimate_latency, speedup
 from workbench.emulate.targets import DtypeCost
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 from workbench.frontends.tflite_reader import read_tflite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def topk_tflite(artifacts):
         import keras
         import tensorflow as tf
 
-        from workbench.quiet import captured_output
+        from workbench.core.quiet import captured_output
 
         class TopK(keras.layers.Layer):
             def call(self, x):

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench.errors import ModelFormatError
+from workbench.core.errors import ModelFormatError
 from workbench.frontends.onnx_reader import read_onnx_bytes
 from workbench.frontends.tflite_reader import read_tflite_bytes
-from workbench.fuzzing import describe_graph, mutate
+from workbench.frontends.fuzzing import describe_graph, mutate
 
 SETTINGS = settings(max_examples=1000, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                     derandomize=True)

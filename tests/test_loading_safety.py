@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from workbench.cli import main
-from workbench.errors import ConfigError, InputFileError, ModelFormatError, UnsafeModelError
+from workbench.core.errors import ConfigError, InputFileError, ModelFormatError, UnsafeModelError
 from workbench.frontends import load
 from workbench.frontends.detect import detect_format
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from workbench.cli import main
-from workbench.errors import ConfigError
-from workbench.recipe import load_recipe
+from workbench.core.errors import ConfigError
+from workbench.pipeline.recipe import load_recipe
 
 RECIPE = """name: small
 models:

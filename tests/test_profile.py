@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from workbench import profiling
+from workbench import profile as profiling
+from workbench.profile import run as profile_run
 from workbench.cli import main
-from workbench.runtimes import profiler
+from workbench.profile import device_script as profiler
 
 from conftest import DIGITS_FACTORY
 
@@ -47,7 +48,7 @@ def digits_onnx(artifacts, digits_torch_path) -> Path:
 def _check_common(r: dict, model: Path):
     assert r["kind"] == "measurement" and r["schema"] == "workbench.profile/1"
     assert r["model"]["name"] == model.name and r["model"]["bytes"] == model.stat().st_size
-    from workbench.files import sha256_file
+    from workbench.core.files import sha256_file
 
     assert r["model"]["sha256"] == sha256_file(model)
     assert r["target"]["remote"] is None and r["target"]["description"]
@@ -214,7 +215,7 @@ def test_script_protocol_over_stdin_with_stop(digits_onnx):
     """The remote protocol without ssh: script, then model on stdin, then 'stop' on the control channel."""
     model = digits_onnx.read_bytes()
     script = Path(profiler.__file__).read_bytes()
-    proc = subprocess.Popen([sys.executable, "-c", profiling.BOOTSTRAP, "--events", "--control-stdin", "--model-stdin",
+    proc = subprocess.Popen([sys.executable, "-c", profile_run.BOOTSTRAP, "--events", "--control-stdin", "--model-stdin",
                              str(len(model)), "--model-name", "n a m e.onnx", "--runtime", "ort", "--runs", "100000000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(b"%d\n" % len(script) + script + model)
@@ -368,7 +369,7 @@ print(json.dumps({{"codes": codes, "loaded": sorted({{m.split(".")[0] for m in s
 # --- calibrating a target from measurements -----------------------------------------------
 
 def _fake_measurement(model: Path, latency_ms: float, threads: int, runtime: str = "litert") -> dict:
-    from workbench.files import sha256_file
+    from workbench.core.files import sha256_file
 
     return {"kind": "measurement", "model": {"name": model.name, "path": str(model), "sha256": sha256_file(model)},
             "runtime": {"name": runtime, "threads": threads}, "latency_ms": latency_ms, "interrupted": False}
@@ -377,7 +378,7 @@ def _fake_measurement(model: Path, latency_ms: float, threads: int, runtime: str
 def test_calibrate_one_measurement_makes_it_exact(digits_tflite_float, tmp_path):
     from workbench.emulate import emulate, load_target_file
 
-    from workbench.emulate.calibrate import calibrate, write_target
+    from workbench.profile.calibrate import calibrate, write_target
 
     measured = profiling.profile(digits_tflite_float, runs=50, warmup=5, threads=1, per_op=False)
     res = calibrate("host", [("measured.json", measured)], name="my-host")
@@ -397,7 +398,7 @@ def test_calibrate_recovers_group_scales(digits_tflite_float, digits_tflite_int8
     from dataclasses import replace
 
     from workbench.emulate import emulate, load_target
-    from workbench.emulate.calibrate import calibrate
+    from workbench.profile.calibrate import calibrate
     from workbench.emulate.targets import DtypeCost
 
     base = load_target("raspberry-pi-4")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from workbench.cli import main
-from workbench.errors import ConfigError, UnsupportedError
+from workbench.core.errors import ConfigError, UnsupportedError
 from workbench.optimize.config import PruneConfig, TrainConfig
 
 FACTORY = "workbench.builtin.models.reference:digits_torch"

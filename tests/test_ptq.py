@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import DIGITS_FACTORY
 from workbench import api
 from workbench.cli import main
-from workbench.errors import ConfigError, DataError, OutputExistsError, UnsupportedError
+from workbench.core.errors import ConfigError, DataError, OutputExistsError, UnsupportedError
 from workbench.frontends.tflite_reader import read_tflite
 
 

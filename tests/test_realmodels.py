@@ -80,8 +80,8 @@ def _inputs_from_int8_range(tflite: Path, n: int, seed: int = 0) -> np.ndarray:
 def test_mltk_keras_models_to_int8(tmp_path, capsys):
     from workbench import api
     from workbench.data import Dataset
-    from workbench.errors import WorkbenchError
-    from workbench.evaluate import agreement, predict
+    from workbench.core.errors import WorkbenchError
+    from workbench.evaluate.compare import agreement, predict
     from workbench.runtimes import open_runner
 
     rows, converted = [], 0
@@ -113,14 +113,14 @@ def test_mltk_keras_models_to_int8(tmp_path, capsys):
 
 def test_torchscript_with_control_flow_is_refused_clearly():
     from workbench import api
-    from workbench.errors import UnsupportedError
+    from workbench.core.errors import UnsupportedError
 
     whl = wheel(SILERO)
     with zipfile.ZipFile(whl) as zf:
         jit = next(n for n in zf.namelist() if n.endswith(".jit"))
         path = CACHE / Path(jit).name
         path.write_bytes(zf.read(jit))
-    from workbench.errors import ModelFormatError
+    from workbench.core.errors import ModelFormatError
 
     with pytest.raises(ModelFormatError) as e:  # its forward takes (audio, sample_rate): the probe names the argument
         api.load(path, input_shape=(1, 512))

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from workbench import profiling
+from workbench import profile as profiling
 from workbench.cli import main
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 
 from test_profile import digits_onnx  # noqa: F401  (a fixture)
 

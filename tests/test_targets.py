@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from workbench.cli import main
 from workbench.emulate import list_targets, load_target
 from workbench.emulate.targets import Target
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 EXPECTED = {"raspberry-pi-zero-2w", "raspberry-pi-3b-plus", "raspberry-pi-4", "raspberry-pi-5", "stm32l4r5", "nrf52840",
             "stm32f746", "stm32h743", "nrf5340", "esp32-s3", "host"}

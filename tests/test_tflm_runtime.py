@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("tflite_micro")
 
-from workbench.errors import RuntimeFailure, UnsupportedError  # noqa: E402
+from workbench.core.errors import RuntimeFailure, UnsupportedError  # noqa: E402
 from workbench.frontends import load  # noqa: E402
 from workbench.frontends.tflite_reader import read_tflite  # noqa: E402
 from workbench.runtimes import tflm  # noqa: E402
@@ -47,7 +47,7 @@ def gelu_tflite(artifacts):
         import keras
         import tensorflow as tf
 
-        from workbench.quiet import captured_output
+        from workbench.core.quiet import captured_output
 
         m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Activation("gelu", name="act_gelu"),
                               keras.layers.Dense(4, name="head")])
@@ -64,7 +64,7 @@ def dense_int8(artifacts):
         import keras
         import tensorflow as tf
 
-        from workbench.quiet import captured_output
+        from workbench.core.quiet import captured_output
 
         m = keras.Sequential([keras.Input((640,)), keras.layers.Dense(128, activation="relu")])
         c = tf.lite.TFLiteConverter.from_keras_model(m)
@@ -115,7 +115,7 @@ def test_arena_equals_independent_bisection(digits_tflite_int8):
 
 
 def test_tflm_matches_litert_reference_kernels_int8(digits_tflite_int8, digits_test):
-    from workbench.evaluate import predict
+    from workbench.evaluate.compare import predict
     from workbench.runtimes import open_runner
 
     data = digits_test.take(200, seed=0)
@@ -131,7 +131,7 @@ def test_tflm_matches_litert_reference_kernels_int8(digits_tflite_int8, digits_t
 
 
 def test_tflm_runner_float_matches_litert(digits_tflite_float, digits_test):
-    from workbench.evaluate import predict
+    from workbench.evaluate.compare import predict
     from workbench.runtimes import open_runner
 
     data = digits_test.take(100, seed=0)

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.errors import CheckFailed, ConfigError, DataError, OutputExistsError, UnsupportedError
+from workbench.core.errors import CheckFailed, ConfigError, DataError, OutputExistsError, UnsupportedError
 from workbench.export.c_array import format_bytes, parse_c_array
 from workbench.export.c_names import c_identifier, c_string, comment_text, is_c_identifier
 from workbench.export.tflm_ops import BUILTIN_METHODS, CUSTOM_METHODS
-from workbench.export.tflm_sources import ARENA_MARGIN, write_tflm_project
+from workbench.emulate.project import write_tflm_project
+from workbench.export.tflm_sources import ARENA_MARGIN
 
 GOLDEN = Path(__file__).parent / "golden" / "tflm"
 UPDATE_GOLDEN = os.environ.get("WORKBENCH_UPDATE_GOLDEN") == "1"

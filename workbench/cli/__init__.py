@@ -14,7 +14,7 @@ import sys
 import click
 
 from workbench import __version__
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 INTERNAL_ERROR = 4
 

@@ -20,7 +20,7 @@ def benchmark_cmd(model, data, calib, samples, threads, runs, only, trust_model,
     PyTorch model; Keras, LiteRT and TFLite Micro for a Keras model.
     """
     from workbench import api
-    from workbench.benchmark import benchmark
+    from workbench.evaluate.benchmark import benchmark
     from workbench.data import open_data
 
     handle = api.load(model, load_options(trust_model, factory, input_shape))

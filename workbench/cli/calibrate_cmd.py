@@ -34,9 +34,9 @@ def calibrate_cmd(name, profiles, models, new_name, output, overwrite, as_json):
       workbench targets calibrate raspberry-pi-4 --from pi4.json -o my_pi4.yaml
       workbench emulate model.tflite --target-file my_pi4.yaml
     """
-    from workbench.emulate.calibrate import calibrate, write_target
-    from workbench.files import check_output
-    from workbench.profiling import load_report
+    from workbench.profile.calibrate import calibrate, write_target
+    from workbench.core.files import check_output
+    from workbench.profile import load_report
 
     check_output(output, overwrite)
     reports = [(Path(p).name, load_report(p)) for p in profiles]

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from workbench.files import to_jsonable
-from workbench.units import human_bytes  # noqa: F401  (re-exported for the commands)
+from workbench.core.files import to_jsonable
+from workbench.core.units import human_bytes  # noqa: F401  (re-exported for the commands)
 
 
 def parse_shape(ctx, param, value):

@@ -19,7 +19,7 @@ def compare_report_cmd(report_a, report_b, as_json):
     a ratio above 1 means the device is slower than estimated. Ops are paired by name, else
     by their order within each op kind.
     """
-    from workbench.profiling import compare_reports, load_report
+    from workbench.profile import compare_reports, load_report
 
     result = compare_reports(load_report(report_a), load_report(report_b))
     if as_json:

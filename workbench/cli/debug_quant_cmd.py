@@ -27,8 +27,8 @@ def debug_quant_cmd(model, calib, scheme, samples, calib_samples, keep_float, au
 
     from workbench import api
     from workbench.data import open_data
-    from workbench.debug_quant import diagnose
-    from workbench.files import check_output
+    from workbench.evaluate.debug_quant import diagnose
+    from workbench.core.files import check_output
 
     if out:
         check_output(out, overwrite)

@@ -22,7 +22,7 @@ def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, refere
     Exit codes: 0 fits, 1 does not fit or uses unsupported ops, 2 bad input.
     """
     from workbench.emulate import emulate, render_text
-    from workbench.errors import CheckFailed
+    from workbench.core.errors import CheckFailed
 
     if bool(target_name) == bool(target_file):
         raise click.UsageError("Give exactly one of --target NAME or --target-file FILE (workbench targets list shows the names).")

@@ -7,7 +7,7 @@ import warnings
 import click
 
 from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, overwrite_option
-from workbench.config import CALIBRATORS, EXPORT_FORMATS, IO_DTYPES, SCHEMES
+from workbench.core.config import CALIBRATORS, EXPORT_FORMATS, IO_DTYPES, SCHEMES
 
 
 def quant_options(f):

@@ -45,8 +45,8 @@ def profile_cmd(model, runtime, threads, runs, warmup, remote, ssh_options, remo
 
     Ctrl-C during the runs prints (and writes) what was measured so far, then exits with 130.
     """
-    from workbench import profiling
-    from workbench.files import check_output, write_json_atomic
+    from workbench import profile as profiling
+    from workbench.core.files import check_output, write_json_atomic
 
     if ssh_options and not remote:
         raise click.UsageError("--ssh-option applies to --remote only.")

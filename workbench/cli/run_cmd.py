@@ -15,9 +15,9 @@ fail_on_option = click.option("--fail-on", "fail_on", multiple=True, metavar="EX
 
 def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], as_json: bool,
              executor: str = "local", address: str | None = None):
-    from workbench.budgets import check, parse_budget
-    from workbench.pipeline import run_recipe
-    from workbench.recipe import load_recipe
+    from workbench.pipeline.budgets import check, parse_budget
+    from workbench.pipeline.run import run_recipe
+    from workbench.pipeline.recipe import load_recipe
     from workbench.report import write_reports
 
     budgets = [parse_budget(b) for b in fail_on]  # parse first: a typo fails before minutes of work

@@ -6,6 +6,6 @@ Options follow a ``#``: ``data.npz#x=images,y=labels``, ``imgs/#size=28x28,gray=
 """
 
 from workbench.data.dataset import Dataset
-from workbench.data.sources import open_data
+from workbench.data.sources import as_dataset, open_data
 
-__all__ = ["Dataset", "open_data"]
+__all__ = ["Dataset", "as_dataset", "open_data"]

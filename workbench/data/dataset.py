@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from workbench.errors import DataError
+from workbench.core.errors import DataError
 
 
 @dataclass(frozen=True)

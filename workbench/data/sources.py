@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.dataset import Dataset
-from workbench.errors import DataError, InputFileError, require
-from workbench.registry import Registry
+from workbench.core.errors import DataError, InputFileError, require
+from workbench.core.registry import Registry
 
 READERS: Registry = Registry("data source")
 BUILTINS: Registry = Registry("built-in data set")
@@ -39,6 +39,13 @@ def open_data(spec: str, split: str = "test", limit: int | None = None, seed: in
         kind = _kind(base)
         ds = READERS.get(kind)(base, options)
     return ds.take(limit, seed) if (limit is not None or seed is not None) else ds
+
+
+def as_dataset(data, split: str, limit: int | None = None, seed: int | None = None) -> Dataset | None:
+    """A Dataset from a spec or a Dataset (``None`` stays ``None``), cut to ``limit`` samples."""
+    if data is None or isinstance(data, Dataset):
+        return data if (data is None or limit is None) else data.take(limit, seed)
+    return open_data(str(data), split=split, limit=limit, seed=seed)
 
 
 def _kind(base: str) -> str:
@@ -235,7 +242,7 @@ def read_images(path: str, options: dict) -> Dataset:
 @READERS.register("callable")
 def read_callable(ref: str, options: dict) -> Dataset:
     """``package.module:function`` returning (x, y), x alone, or an iterable of such batches."""
-    from workbench.callables import resolve
+    from workbench.core.callables import resolve
 
     fn = resolve(ref, "data function")
     out = fn()

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from workbench.errors import UnsupportedError
-from workbench.graph import Graph
-from workbench.registry import Registry
+from workbench.core.errors import UnsupportedError
+from workbench.frontends.graph import Graph
+from workbench.core.registry import Registry
 
 # problem kinds that mean "this model was exported with a scheme the MCU runtime refuses":
 # bad input (exit 2) with the scheme that would work, rather than a failed check.

@@ -8,7 +8,7 @@ For every op of the graph::
 
     time(op)   = cycles(op) / clock                        (x undelegated_factor, see below)
 
-* ``MACs`` come from :meth:`workbench.graph.Graph.macs` (convolutions, fully connected,
+* ``MACs`` come from :meth:`workbench.frontends.graph.Graph.macs` (convolutions, fully connected,
   matmuls; pooling counts its window); every other op has 0 MACs.
 * ``activation_bytes`` is the data an op moves: the bytes of its non-constant inputs and
   of its outputs (only the outputs for SHAPE and RANK, which read no data). It carries what does not scale with MACs: im2col copies, requantizing each
@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workbench.emulate.targets import Target
-from workbench.graph import Graph, Op
+from workbench.frontends.graph import Graph, Op
 
 # Op class of each op kind that has its own factor in a profile's ``class_factors``.
 OP_CLASSES = {

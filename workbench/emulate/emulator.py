@@ -15,9 +15,9 @@ from workbench.emulate import compat, memory
 from workbench.emulate.cost import estimate_latency
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target, load_target
-from workbench.errors import UnsupportedError
-from workbench.files import check_input_file, sha256_file
-from workbench.registry import Registry
+from workbench.core.errors import UnsupportedError
+from workbench.core.files import check_input_file, sha256_file
+from workbench.core.registry import Registry
 
 # The runner that executes a model as the target would, per target runtime.
 TARGET_RUNNERS: Registry = Registry("target runtime")
@@ -92,7 +92,7 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
 
 def _accuracy(handle, target: Target, threads: int, eval_data, reference, eval_samples) -> dict:
     from workbench.data import Dataset, open_data
-    from workbench.evaluate import compare_runners, predict
+    from workbench.evaluate.compare import compare_runners, predict
     from workbench.runtimes import open_runner
 
     data = eval_data if isinstance(eval_data, Dataset) else open_data(str(eval_data), split="test", limit=eval_samples)

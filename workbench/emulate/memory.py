@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from workbench.emulate.targets import Target
-from workbench.errors import MissingDependencyError, ModelFormatError, RuntimeFailure
-from workbench.graph import Graph
-from workbench.registry import Registry
+from workbench.core.errors import MissingDependencyError, ModelFormatError, RuntimeFailure
+from workbench.frontends.graph import Graph
+from workbench.core.registry import Registry
 
 
 @dataclass(frozen=True)

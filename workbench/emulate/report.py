@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from workbench.emulate.cost import LatencyEstimate
 from workbench.emulate.memory import Memory
 from workbench.emulate.targets import Target
-from workbench.units import human_bytes
+from workbench.core.units import human_bytes
 
 
 @dataclass(frozen=True)

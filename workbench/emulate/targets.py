@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-from workbench.errors import ConfigError, InputFileError
+from workbench.core.errors import ConfigError, InputFileError
 
 KINDS = ("mcu", "linux")
 RUNTIMES = ("tflm", "litert")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench import __version__
-from workbench.files import sha256_file, write_json_atomic
+from workbench.core.files import sha256_file, write_json_atomic
 
 VERSIONED = ("numpy", "tensorflow", "tf-keras", "keras", "tensorflow-model-optimization", "torch", "litert-torch",
              "torchao", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime", "onnxscript", "tflite-micro")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from workbench.errors import InputFileError
+from workbench.core.errors import InputFileError
 
 BYTES_PER_LINE = 12
 

@@ -7,13 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from workbench.config import QuantConfig
+from workbench.core.config import QuantConfig
 from workbench.data.dataset import Dataset, fit_to_input
-from workbench.errors import ConfigError, DataError, UnsupportedError
+from workbench.core.errors import ConfigError, DataError, UnsupportedError
 from workbench.export.artifact import Artifact
-from workbench.files import atomic_path, check_output
+from workbench.core.files import atomic_path, check_output
 from workbench.frontends.handle import ModelHandle
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 MIN_CALIB_SAMPLES = 100  # below this, ranges of rare activations are often missed: warn
 

@@ -9,9 +9,9 @@ named layers' output tensors on its deny list.
 
 from __future__ import annotations
 
-from workbench.errors import RuntimeFailure, UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.quiet import captured_output, import_quietly
+from workbench.core.quiet import captured_output, import_quietly
 
 
 def import_tf():

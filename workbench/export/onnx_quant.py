@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import RuntimeFailure
+from workbench.core.errors import RuntimeFailure
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.quiet import captured_output
+from workbench.core.quiet import captured_output
 
 PERCENTILE = 99.999
 ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}

@@ -12,7 +12,7 @@ import numbers
 import re
 from dataclasses import dataclass, field
 
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 from workbench.export.c_names import comment_text
 from workbench.export.tflm_ops import ResolverOp
 
@@ -132,7 +132,7 @@ class IoTensor:
 
     @property
     def nbytes(self) -> int:
-        from workbench.graph import DTYPE_BYTES
+        from workbench.frontends.graph import DTYPE_BYTES
 
         return int(self.elements * DTYPE_BYTES[self.dtype])
 

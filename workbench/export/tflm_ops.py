@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 
 BUILTIN_METHODS: dict[str, str] = {
     "ABS": "AddAbs",

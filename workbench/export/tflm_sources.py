@@ -22,15 +22,15 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from workbench.errors import CheckFailed, ConfigError, DataError, InputFileError, OutputExistsError, UnsupportedError
+from workbench.core.errors import CheckFailed, ConfigError, DataError, InputFileError, OutputExistsError, UnsupportedError
 from workbench.export.artifact import Artifact
 from workbench.export.c_names import c_identifier, comment_text
 from workbench.export.tflm_facts import ARENA_MARGIN, CTYPES, ArenaMargin, ArenaPlan, IoTensor, ModelFacts, TflmOptions
 from workbench.export.tflm_ops import resolver_ops
 from workbench.export.tflm_render import LANGS, LAYOUTS, md_text, render_files
-from workbench.files import atomic_path, check_input_file, check_output, sha256_bytes, write_json_atomic
+from workbench.core.files import atomic_path, check_input_file, check_output, sha256_bytes, write_json_atomic
 
 __all__ = ["write_tflm_project", "TflmOptions", "ArenaMargin", "ARENA_MARGIN", "LAYOUTS", "LANGS"]
 
@@ -63,7 +63,7 @@ def used_ops(data: bytes, where: str) -> list[tuple[str, bool]]:
                 if entry not in seen:
                     seen.append(entry)
     except (IndexError, ValueError, TypeError, OverflowError) as exc:
-        from workbench.errors import ModelFormatError
+        from workbench.core.errors import ModelFormatError
 
         raise ModelFormatError(f"'{where}' has a corrupt operator table ({type(exc).__name__}: {exc}).",
                                hint="Re-export the model.") from None
@@ -144,13 +144,12 @@ def _check_tflm(graph, where: str) -> None:
     raise_for_problems(check_tflm(graph), where)
 
 
-def _target_report(path: Path, target: str | None) -> dict | None:
-    if target is None:
+def _target_report(path: Path, target: str | None, assess: Callable[[Path], dict] | None) -> dict | None:
+    """The emulation report of ``path`` on ``target``, made by the caller's ``assess`` (the emulate
+    stage sits above export, so it is handed in rather than imported)."""
+    if target is None or assess is None:
         return None
-    from workbench.emulate import emulate
-
-    rep = emulate(path, target)
-    d = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+    d = dict(assess(path))
     d.setdefault("target", str(target))
     return d
 
@@ -198,14 +197,15 @@ def _shortfalls(rep: dict) -> list[str]:
 def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target: str | None = None,
                        layout: str = "plain", lang: str = "cpp", labels=None, section: str | None = None,
                        force: bool = False, overwrite: bool = False, arena_bytes: int | None = None,
-                       margin: ArenaMargin = ARENA_MARGIN) -> Artifact:
+                       margin: ArenaMargin = ARENA_MARGIN, assess: Callable[[Path], dict] | None = None) -> Artifact:
     """Write TensorFlow Lite Micro sources for ``tflite_path`` into the folder ``out_dir``.
 
     ``labels``: class labels for output 0, as a sequence of strings or a path to a UTF-8
     file with one label per line. ``arena_bytes``: the interpreter's arena need, if it is
     already known (skips the measurement; the margin is still added). ``target``: a
-    target profile for ``workbench.emulate``; a model that does not fit raises
-    CheckFailed unless ``force``. Returns an Artifact of format "tflm" whose manifest
+    target profile name; with ``assess`` (a function giving the emulation report of a
+    .tflite on that target as a dict, e.g. ``workbench.api.export_tflm`` passes
+    ``emulate(path, target).to_dict``) a model that does not fit raises CheckFailed unless ``force``. Returns an Artifact of format "tflm" whose manifest
     (``manifest.json`` in the folder) is already written.
     """
     src = check_input_file(tflite_path)
@@ -231,7 +231,7 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     opts = replace(opts, labels=label_list)
     measured, how = _measure_arena(src, arena_bytes)
     arena = margin.plan(measured, how)
-    report = _check_fit(_target_report(src, target), arena, force, where)
+    report = _check_fit(_target_report(src, target, assess), arena, force, where)
 
     facts = ModelFacts(name=c_name, name_note=note, source_name=src.name, data=data, sha256=sha256_bytes(data),
                        description=str(graph.meta.get("description", "")), ops=ops, inputs=inputs, outputs=outputs,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from workbench.errors import ConfigError, UnsupportedError
+from workbench.core.errors import ConfigError, UnsupportedError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.torch_models import eval_mode, import_torch  # noqa: F401  (re-exported)
-from workbench.quiet import import_quietly
+from workbench.core.quiet import import_quietly
 
 
 def import_litert_torch():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from workbench.errors import RuntimeFailure
+from workbench.core.errors import RuntimeFailure
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, ort_from, quantize_onnx
 from workbench.export.torch_common import traceable
-from workbench.quiet import captured_output
+from workbench.core.quiet import captured_output
 
 OPSET = 18
 

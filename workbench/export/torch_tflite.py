@@ -14,10 +14,10 @@ import dataclasses
 
 import numpy as np
 
-from workbench.errors import RuntimeFailure, UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.torch_common import import_litert_torch, traceable
-from workbench.quiet import captured_output
+from workbench.core.quiet import captured_output
 
 
 def pt2e_quantizer(per_channel: bool, calibrator: str = "mse", is_dynamic: bool = False, is_qat: bool = False):

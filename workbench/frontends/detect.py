@@ -9,8 +9,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from workbench.errors import ModelFormatError
-from workbench.files import check_input_file
+from workbench.core.errors import ModelFormatError
+from workbench.core.files import check_input_file
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.errors import ModelFormatError, UnsafeModelError, require
+from workbench.core.errors import ModelFormatError, UnsafeModelError, require
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
-from workbench.quiet import captured_output, import_quietly
+from workbench.core.quiet import captured_output, import_quietly
 
 
 def import_keras3():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.errors import ModelFormatError
+from workbench.core.errors import ModelFormatError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
 from workbench.frontends.onnx_reader import read_onnx
 from workbench.frontends.tflite_reader import read_tflite, tensor_scale_zp
-from workbench.graph import Graph
+from workbench.frontends.graph import Graph
 
 
 def _specs(graph: Graph, idx) -> tuple:

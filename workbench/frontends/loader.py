@@ -8,7 +8,7 @@ from typing import Callable
 
 from workbench.frontends.detect import detect_format
 from workbench.frontends.handle import ModelHandle, TensorSpec
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 
 @dataclass(frozen=True)

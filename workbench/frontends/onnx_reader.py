@@ -1,4 +1,4 @@
-"""Read an .onnx ModelProto into a :class:`workbench.graph.Graph` with the core install only.
+"""Read an .onnx ModelProto into a :class:`workbench.frontends.graph.Graph` with the core install only.
 
 Shapes come from the graph's inputs, initializers and value_info (the PyTorch exporter
 records them); where an intermediate shape is missing, a few common ops are propagated.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from workbench.errors import ModelFormatError
+from workbench.core.errors import ModelFormatError
 from workbench.frontends import protobuf_wire as pw
-from workbench.graph import Graph, Op, Tensor
+from workbench.frontends.graph import Graph, Op, Tensor
 
 ONNX_TYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",

@@ -1,4 +1,4 @@
-"""Read a .tflite flatbuffer into a :class:`workbench.graph.Graph` without TensorFlow.
+"""Read a .tflite flatbuffer into a :class:`workbench.frontends.graph.Graph` without TensorFlow.
 
 Uses the schema module that ships with ai-edge-litert (or tflite-micro / tensorflow as
 fallbacks). Every length read from the file is checked against the file's size, and any
@@ -11,8 +11,8 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
-from workbench.errors import ModelFormatError
-from workbench.graph import Graph, Op, Tensor
+from workbench.core.errors import ModelFormatError
+from workbench.frontends.graph import Graph, Op, Tensor
 
 TENSOR_TYPES = {
     0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool", 7: "int16",
@@ -34,7 +34,7 @@ def schema():
             return importlib.import_module(mod)
         except ImportError:
             continue
-    from workbench.errors import MissingDependencyError
+    from workbench.core.errors import MissingDependencyError
 
     raise MissingDependencyError("ai_edge_litert", "all", "Reading .tflite files")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.errors import ConfigError, ModelFormatError, UnsafeModelError
+from workbench.core.errors import ConfigError, ModelFormatError, UnsafeModelError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
-from workbench.quiet import import_quietly
+from workbench.core.quiet import import_quietly
 
 
 def import_torch():
@@ -123,7 +123,7 @@ def _load_checkpoint_model(path: Path, opts: LoadOptions, fmt: str) -> ModelHand
                 f"'{path}' is a state_dict (weights only): a model factory is needed to build the network.",
                 hint="Pass --factory package.module:function, a function returning the nn.Module.",
             )
-        from workbench.callables import resolve
+        from workbench.core.callables import resolve
 
         model = resolve(opts.factory, "model factory")()
         try:

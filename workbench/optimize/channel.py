@@ -28,7 +28,7 @@ from typing import Hashable
 
 import numpy as np
 
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 
 
 @dataclass(frozen=True)

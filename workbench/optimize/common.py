@@ -9,8 +9,8 @@ import numpy as np
 
 from workbench.data import Dataset, open_data
 from workbench.data.dataset import fit_to_input
-from workbench.errors import ConfigError, DataError
-from workbench.files import sha256_file
+from workbench.core.errors import ConfigError, DataError
+from workbench.core.files import sha256_file
 from workbench.frontends.handle import ModelHandle
 from workbench.optimize.config import TrainConfig
 from workbench.optimize.train import CheckpointStore, check_labels, fingerprint

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 LOSSES = ("cross-entropy", "mse")
 LR_SCHEDULES = ("cosine", "constant")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 
 # Standard layers whose config and weight order match between Keras 3 and tf_keras.
 SUPPORTED = frozenset({

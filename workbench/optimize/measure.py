@@ -1,7 +1,7 @@
 """What pruning and QAT are judged by: sizes, sparsity, int8 .tflite size, LiteRT latency, accuracy.
 
 Every number comes from a real file or a real runtime: the saved model file (and its gzip
-size, which is what unstructured sparsity changes), the int8 .tflite that ``api.convert``
+size, which is what unstructured sparsity changes), the int8 .tflite that ``convert_model``
 writes from it, and LiteRT running that file on a single thread.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.dataset import Dataset
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.frontends.handle import ModelHandle
 
 
@@ -62,7 +62,7 @@ def accuracy_of(model: str | Path | ModelHandle, data: Dataset | None, runtime: 
     """Top-1 accuracy of a model in its real runtime (None without labels)."""
     if data is None or data.y is None:
         return None
-    from workbench.evaluate import accuracy
+    from workbench.evaluate.compare import accuracy
     from workbench.frontends import load
     from workbench.runtimes import open_runner
 
@@ -78,11 +78,11 @@ def int8_tflite(handle: ModelHandle, calib: Dataset, out: Path, calib_samples: i
                 per_channel: bool = True) -> Path:
     import warnings
 
-    from workbench import api
+    from workbench.export.convert import convert_model
 
     with warnings.catch_warnings():  # converter chatter; the comparison reports what matters
         warnings.simplefilter("ignore")
-        api.convert(handle, "tflite", out, scheme="int8", calib=calib, calib_samples=min(calib_samples, len(calib)),
+        convert_model(handle, "tflite", out, scheme="int8", calib=calib, calib_samples=min(calib_samples, len(calib)),
                     seed=seed, per_channel=per_channel, overwrite=True, write_manifest=False)
     return out
 

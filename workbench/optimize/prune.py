@@ -17,14 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from workbench.errors import ConfigError, UnsupportedError
-from workbench.files import atomic_path, check_output
+from workbench.core.errors import ConfigError, UnsupportedError
+from workbench.core.files import atomic_path, check_output
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
 from workbench.optimize.common import TrainingData, open_store, prepare_data
 from workbench.optimize.config import PruneConfig
 from workbench.optimize.train import CheckpointStore, ProgressFn, TrainResult
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 
 @dataclass(frozen=True)

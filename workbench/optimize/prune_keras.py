@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 from workbench.optimize import keras_bridge as kb
 from workbench.optimize.channel import ChannelGraph, ChannelPlan, refuse
 from workbench.optimize.config import POLYNOMIAL_RAMP, PruneConfig
-from workbench.quiet import captured_output
+from workbench.core.quiet import captured_output
 
 SUPPORTED_TEXT = ("Conv2D, DepthwiseConv2D (depth_multiplier 1), Dense, BatchNormalization, activations, Dropout, "
                   "pooling, global pooling, ZeroPadding2D, Flatten and Add/Subtract/Multiply/Average/Maximum/Minimum")
@@ -35,8 +35,8 @@ def import_tfmot():
     variable is put back afterwards; tfmot keeps its own tf_keras binding."""
     import os
 
-    from workbench.errors import require
-    from workbench.quiet import quiet_frameworks
+    from workbench.core.errors import require
+    from workbench.core.quiet import quiet_frameworks
 
     quiet_frameworks()
     with captured_output(python_streams=False):

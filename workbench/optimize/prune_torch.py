@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import ConfigError, UnsupportedError
+from workbench.core.errors import ConfigError, UnsupportedError
 from workbench.optimize.channel import ChannelGraph, ChannelPlan, refuse
 from workbench.optimize.config import PruneConfig
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 SUPPORTED_TEXT = ("Conv2d (regular or depthwise), BatchNorm1d/2d, Linear, ReLU-style activations, Dropout, "
                   "max/average pooling, mean over H and W, flatten and element-wise add/multiply")

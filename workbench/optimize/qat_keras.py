@@ -21,9 +21,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workbench.errors import RuntimeFailure, UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.optimize import keras_bridge as kb
-from workbench.quiet import captured_output
+from workbench.core.quiet import captured_output
 
 NOT_SUPPORTED = re.compile(r"Layer (\S+?):<class")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import RuntimeFailure
-from workbench.quiet import captured_output
+from workbench.core.errors import RuntimeFailure
+from workbench.core.quiet import captured_output
 
 PATTERN_HELPER = "_get_aten_graph_module_for_pattern"
 

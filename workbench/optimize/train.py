@@ -35,8 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from workbench.errors import ConfigError, DataError, InputFileError
-from workbench.files import sha256_bytes, write_bytes_atomic, write_json_atomic
+from workbench.core.errors import ConfigError, DataError, InputFileError
+from workbench.core.files import sha256_bytes, write_bytes_atomic, write_json_atomic
 from workbench.optimize.config import TrainConfig
 
 ProgressFn = Callable[[dict], None]
@@ -258,7 +258,7 @@ def run_user_step(ref: str, fn, model, x, y, optimizer, loss_fn) -> float:
 def user_step(cfg: TrainConfig):
     if not cfg.step:
         return None
-    from workbench.callables import resolve
+    from workbench.core.callables import resolve
 
     return resolve(cfg.step, "training step")
 

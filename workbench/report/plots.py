@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from workbench.errors import require
+from workbench.core.errors import require
 
 
 def _plt():

@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from workbench.files import write_text_atomic
+from workbench.core.files import write_text_atomic
 
 COLUMNS = [("model", "model"), ("variant", "variant"), ("format", "format"), ("target", "target"), ("bytes", "size"),
            ("accuracy", "accuracy"), ("accuracy_drop", "drop (pts)"), ("flash_bytes", "flash"), ("ram_bytes", "RAM"),
@@ -93,7 +93,7 @@ def write_reports(doc: dict, out: Path, broken: list[dict]) -> dict[str, Path]:
             "per-layer quantization error (int8 vs float)": P.layer_errors(doc.get("jobs", {})),
         }
     except Exception as exc:  # plots are a convenience: a missing matplotlib must not lose the tables
-        from workbench.errors import MissingDependencyError
+        from workbench.core.errors import MissingDependencyError
 
         if not isinstance(exc, MissingDependencyError):
             raise

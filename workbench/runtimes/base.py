@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 
 from workbench.frontends.handle import ModelHandle, TensorSpec
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 RUNNERS: Registry[Callable[..., "Runner"]] = Registry("runtime")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.errors import UnsupportedError
+from workbench.core.errors import UnsupportedError
 from workbench.frontends.handle import ModelHandle
 from workbench.runtimes.base import RUNNERS, Runner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.errors import MissingDependencyError, ModelFormatError, RuntimeFailure, UnsupportedError
+from workbench.core.errors import MissingDependencyError, ModelFormatError, RuntimeFailure, UnsupportedError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import spec_from
 from workbench.runtimes.base import RUNNERS, Runner
@@ -49,7 +49,7 @@ class LiteRTRunner(Runner):
             kwargs["experimental_op_resolver_type"] = getattr(resolver, RESOLVERS[kernels])
         if preserve_all:
             kwargs["experimental_preserve_all_tensors"] = True
-        from workbench.quiet import captured_output
+        from workbench.core.quiet import captured_output
 
         try:
             with captured_output(fds=(2,), python_streams=False):  # "Created TensorFlow Lite XNNPACK delegate"

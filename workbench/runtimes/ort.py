@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.errors import ModelFormatError, RuntimeFailure, UnsupportedError
+from workbench.core.errors import ModelFormatError, RuntimeFailure, UnsupportedError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import spec_from
 from workbench.runtimes.base import RUNNERS, Runner

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import MissingDependencyError, RuntimeFailure, UnsupportedError
+from workbench.core.errors import MissingDependencyError, RuntimeFailure, UnsupportedError
 from workbench.frontends.handle import ModelHandle
-from workbench.graph import Graph, Op
+from workbench.frontends.graph import Graph, Op
 from workbench.runtimes.base import RUNNERS, Runner
 
 CHILD_MODULE = "workbench.runtimes.tflm_child"

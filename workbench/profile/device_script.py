@@ -3,7 +3,7 @@ per-op times where the runtime reports them, and the facts about the machine it 
 
 This file is used in two ways:
 
-* imported, as ``workbench.runtimes.profiler``, by ``workbench.profiling.profile``;
+* imported, as ``workbench.profile.device_script``, by ``workbench.profile.run.profile``;
 * as a self-contained script on a board that has no workbench install, only Python 3.7+,
   numpy and a runtime (ai-edge-litert, tflite-runtime or tensorflow for .tflite;
   onnxruntime for .onnx/.ort)::
@@ -12,7 +12,9 @@ This file is used in two ways:
 
   ``workbench profile --remote`` streams this file over ssh and runs it that way.
 
-So it imports nothing from workbench and only the standard library at module level;
+It must stay one file, whatever its length: ``profile --remote`` sends exactly this file
+to the board and runs it there with nothing else installed. So it imports nothing from
+workbench and only the standard library at module level;
 numpy and the runtimes are imported when a profile starts, and a missing one is reported
 as an error the caller can turn into "pip install ..." advice. Keep its syntax valid for
 Python 3.7 (no walrus, no ``match``, no ``X | Y`` evaluated at run time).

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import __version__
-from workbench.files import sha256_file, write_json_atomic
-from workbench.recipe import ModelRef, Recipe, Variant
+from workbench.core.files import sha256_file, write_json_atomic
+from workbench.pipeline.recipe import ModelRef, Recipe, Variant
 
 RESULTS_SCHEMA = "workbench.run/1"
 
@@ -107,7 +107,7 @@ def run_recipe(recipe: Recipe, out: Path, jobs: int = 1, on_event: Callable[[str
 def _ray_executor(pending: list[Job], cache_dir: str, jobs: int, address: str | None):
     """Each job as a Ray task. The output folder must be reachable by every worker (one machine, or
     shared storage on a cluster); results and cache entries are the same as with local workers."""
-    from workbench.errors import require
+    from workbench.core.errors import require
 
     ray = require("ray", "ray", "The Ray executor")
     started = not ray.is_initialized()
@@ -127,7 +127,7 @@ def _ray_executor(pending: list[Job], cache_dir: str, jobs: int, address: str | 
 
 
 def _register_executors():
-    from workbench.registry import Registry
+    from workbench.core.registry import Registry
 
     reg: Registry = Registry("executor")
     reg.add("ray", _ray_executor)
@@ -139,7 +139,7 @@ EXECUTORS = _register_executors()
 
 def run_job(job: Job, cache_dir: str) -> dict:
     """One (model, variant): optimize, export, evaluate, emulate. Runs in a worker process."""
-    from workbench.steps import execute
+    from workbench.pipeline.steps import execute
 
     t0 = time.time()
     folder = Path(cache_dir) / job.key()

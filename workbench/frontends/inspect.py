@@ -10,9 +10,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from workbench.files import sha256_file
+from workbench.core.files import sha256_file
 from workbench.frontends.handle import ModelHandle
-from workbench.registry import Registry
+from workbench.core.registry import Registry
 
 LAYER_TABLES: Registry = Registry("framework")
 

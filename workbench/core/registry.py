@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Hashable, TypeVar
 
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 T = TypeVar("T")
 

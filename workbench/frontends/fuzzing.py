@@ -3,7 +3,7 @@ graph analysis every parsed model must survive."""
 
 from __future__ import annotations
 
-from workbench.graph import Graph
+from workbench.frontends.graph import Graph
 
 
 def mutate(data: bytes, ops) -> bytes:

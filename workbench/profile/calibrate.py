@@ -33,8 +33,8 @@ import numpy as np
 
 from workbench.emulate.cost import dtype_row
 from workbench.emulate.targets import DtypeCost, Source, Target, load_target, target_from_dict
-from workbench.errors import ConfigError, InputFileError
-from workbench.files import sha256_file
+from workbench.core.errors import ConfigError, InputFileError
+from workbench.core.files import sha256_file
 
 GROUPS = ("overhead", "int8", "int16", "float32")
 
@@ -232,7 +232,7 @@ def write_target(t: Target, out: str | Path) -> Path:
     """Write ``t`` as a target YAML file, atomically."""
     import yaml
 
-    from workbench.files import write_text_atomic
+    from workbench.core.files import write_text_atomic
 
     header = (f"# Target profile: {t.title}. Cost coefficients calibrated to measurements (see cost.calibration);\n"
               "# every other number comes from the profile it was calibrated from.\n")

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 
 def resolve(ref: str, what: str = "function"):

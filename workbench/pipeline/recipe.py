@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.config import EXPORT_FORMATS, SCHEMES
-from workbench.errors import ConfigError
+from workbench.core.config import EXPORT_FORMATS, SCHEMES
+from workbench.core.errors import ConfigError
 
 SCHEMA = {
     "": {"name", "models", "data", "variants", "targets", "budgets", "description"},
@@ -95,7 +95,7 @@ def _check_keys(node, section: str, where: str) -> None:
 def load_recipe(path: str | Path) -> Recipe:
     import yaml
 
-    from workbench.files import check_input_file
+    from workbench.core.files import check_input_file
 
     p = check_input_file(path, "recipe")
     text = p.read_text(encoding="utf-8")
@@ -152,7 +152,7 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
         raise ConfigError(f"Recipe '{p}': int8/int16x8 variants need data.calib (calibration data).")
     if any(v.prune or v.qat for v in variants) and not data.get("train"):
         raise ConfigError(f"Recipe '{p}': prune and qat steps need data.train (training data).")
-    from workbench.budgets import parse_budget
+    from workbench.pipeline.budgets import parse_budget
 
     budgets = tuple(str(b) for b in (doc.get("budgets") or ()))
     for b in budgets:

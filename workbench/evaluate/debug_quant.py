@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data.dataset import Dataset, fit_to_input
-from workbench.errors import ConfigError, UnsupportedError
-from workbench.evaluate import cosine, sqnr_db
+from workbench.core.errors import ConfigError, UnsupportedError
+from workbench.evaluate.compare import cosine, sqnr_db
 from workbench.frontends.handle import ModelHandle
 from workbench.runtimes.base import quantize_input
 
@@ -89,7 +89,8 @@ def layer_errors(float_tflite: Path, quant_tflite: Path, x: np.ndarray) -> list[
 def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", samples: int = 64, keep_float: tuple = (),
              auto_keep_float: int = 0, eval_data: Dataset | None = None, out: Path | None = None, overwrite: bool = False,
              calib_samples: int = 200) -> dict:
-    from workbench import api
+    from workbench.evaluate.compare import evaluate_models
+    from workbench.export.convert import convert_model
 
     if (keep_float or auto_keep_float) and handle.framework != "keras":
         raise UnsupportedError("Mixed precision (--keep-float / --auto-keep-float) is available for Keras models.",
@@ -99,8 +100,8 @@ def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", sampl
     with tempfile.TemporaryDirectory(prefix="workbench-dq-") as tmp:
         t = Path(tmp)
         common = dict(calib=calib, calib_samples=calib_samples, write_manifest=False)
-        api.convert(handle, "tflite", t / "float.tflite", scheme="float", write_manifest=False)
-        api.convert(handle, "tflite", t / "quant.tflite", scheme=scheme, io_dtype="float32" if scheme == "int8" else None, **common)
+        convert_model(handle, "tflite", t / "float.tflite", scheme="float", write_manifest=False)
+        convert_model(handle, "tflite", t / "quant.tflite", scheme=scheme, io_dtype="float32" if scheme == "int8" else None, **common)
         x = fit_to_input(calib.take(samples, seed=1).x, (1, *_tflite_input_shape(t / "float.tflite")), "NHWC", calib.name)
         rows = layer_errors(t / "float.tflite", t / "quant.tflite", x)
         result = {"model": str(handle.path), "scheme": scheme, "samples": int(len(x)), "layers": [r.to_dict() for r in rows]}
@@ -113,18 +114,18 @@ def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", sampl
             raise ConfigError(f"--keep-float names no layer of this model: {', '.join(unknown)}.",
                               hint="Use the layer names printed by `workbench debug-quant` (the op's output tensor name).")
         mixed = t / "mixed.tflite"
-        api.convert(handle, "tflite", mixed, scheme=scheme, keep_float=tuple(chosen), **common)
+        convert_model(handle, "tflite", mixed, scheme=scheme, keep_float=tuple(chosen), **common)
         variants = {"float": t / "float.tflite", scheme: t / "quant.tflite", "mixed": mixed}
         result["keep_float"] = chosen
         result["variants"] = {}
         for name, path in variants.items():
             v = {"bytes": path.stat().st_size}
             if eval_data is not None:
-                m = api.evaluate(handle, path, eval_data).metrics
+                m = evaluate_models(handle, path, eval_data).metrics
                 v.update({k: m.get(k) for k in ("accuracy", "accuracy_drop", "argmax_agreement", "sqnr_db")})
             result["variants"][name] = v
         if out is not None:
-            api.convert(handle, "tflite", out, scheme=scheme, keep_float=tuple(chosen), overwrite=overwrite, calib=calib,
+            convert_model(handle, "tflite", out, scheme=scheme, keep_float=tuple(chosen), overwrite=overwrite, calib=calib,
                         calib_samples=calib_samples)
             result["output"] = str(out)
     return result

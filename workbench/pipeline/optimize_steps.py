@@ -1,4 +1,4 @@
-"""The prune and qat steps of a recipe (see workbench.steps), as calls into this package's API."""
+"""The prune and qat steps of a recipe (see workbench.pipeline.steps), as calls into this package's API."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
-from workbench.steps import OPTIMIZERS
+from workbench.pipeline.steps import OPTIMIZERS
 
 
 def _train_config(opts: dict, data: dict, default_lr: float):

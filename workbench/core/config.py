@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 SCHEMES = ("float", "fp16", "dynamic", "int8", "int16x8")
 CALIBRATED = ("int8", "int16x8")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from workbench.errors import InputFileError, OutputExistsError
+from workbench.core.errors import InputFileError, OutputExistsError
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from workbench.data.dataset import Dataset, fit_to_input
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.frontends.handle import ModelHandle
 
 
@@ -34,10 +34,10 @@ class Stack:
 
 def _convert(fmt: str, scheme: str):
     def build(h: ModelHandle, tmp: Path, calib: Dataset) -> Path:
-        from workbench import api
+        from workbench.export.convert import convert_model
 
         out = tmp / f"{scheme}.{fmt}"
-        api.convert(h, fmt, out, scheme=scheme, calib=calib, write_manifest=False)
+        convert_model(h, fmt, out, scheme=scheme, calib=calib, write_manifest=False)
         return out
 
     return build
@@ -108,7 +108,7 @@ def _latency(runner, x: np.ndarray, runs: int) -> float:
 
 def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads: int = 1, runs: int = 200,
               only: tuple[str, ...] = (), on_row: Callable[[dict], None] | None = None) -> dict:
-    from workbench.evaluate import agreement, predict
+    from workbench.evaluate.compare import agreement, predict
     from workbench.frontends import load
     from workbench.runtimes import open_runner
 

@@ -1,4 +1,4 @@
-"""The steps of one pipeline job: optimize -> export -> evaluate -> emulate, as API calls in order."""
+"""The steps of one pipeline job: optimize -> export -> evaluate -> emulate, as calls into each stage in order."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from workbench.errors import WorkbenchError
-from workbench.registry import Registry
+from workbench.core.errors import WorkbenchError
+from workbench.core.registry import Registry
 
 # (handle, step options, recipe data, artifact folder) -> (handle or None, artifacts {format: path}, info)
 OPTIMIZERS: Registry[Callable] = Registry("optimization step")
@@ -15,11 +15,14 @@ EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort"}
 
 
 def execute(job, adir: Path) -> dict:
-    from workbench import api
+    from workbench.evaluate.compare import evaluate_models
+    from workbench.export.convert import convert_model, export_tflm
+    from workbench.frontends import load
+    from workbench.frontends.loader import LoadOptions
 
     v, data = job.variant, job.data
-    lo = api.LoadOptions(trust_model=job.model.trust_model, factory=job.model.factory, input_shape=job.model.input_shape)
-    source = api.load(job.model.path, lo)
+    lo = LoadOptions(trust_model=job.model.trust_model, factory=job.model.factory, input_shape=job.model.input_shape)
+    source = load(job.model.path, lo)
     handle = source
     artifacts: dict[str, Path] = {}
     info: dict = {}
@@ -38,13 +41,13 @@ def execute(job, adir: Path) -> dict:
         try:
             if fmt == "tflm":
                 tfl = artifacts.get("tflite")
-                src = api.load(tfl) if tfl else handle
-                api.export_tflm(src, adir / "tflm", scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
+                src = load(tfl) if tfl else handle
+                export_tflm(src, adir / "tflm", scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
                                 per_channel=v.per_channel, calibrator=v.calibrator, name=job.model.name.replace("-", "_"))
                 artifacts[fmt] = adir / "tflm"
             elif handle is not None:
                 out = adir / f"model{EXT[fmt]}"
-                api.convert(handle, fmt, out, scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
+                convert_model(handle, fmt, out, scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
                             calibrator=v.calibrator, per_channel=v.per_channel, io_dtype=v.io_dtype)
                 artifacts[fmt] = out
         except WorkbenchError as exc:  # one impossible combination must not sink the whole run: record it
@@ -57,7 +60,7 @@ def execute(job, adir: Path) -> dict:
         base = {"model": job.model.name, "variant": v.name, "format": fmt, "scheme": v.scheme,
                 "artifact": str(Path(path).relative_to(adir)), "bytes": _size(path)}
         if fmt != "tflm" and data.get("eval"):
-            m = api.evaluate(source, path, data["eval"], samples=data.get("eval_samples", 1000)).metrics
+            m = evaluate_models(source, path, data["eval"], samples=data.get("eval_samples", 1000)).metrics
             base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop", "argmax_agreement", "sqnr_db")})
         if fmt == "tflite" and job.targets:
             for t in job.targets:
@@ -71,15 +74,16 @@ def _layer_errors(handle, tflite: Path | None, v, data: dict, adir: Path) -> lis
     """Per-layer SQNR of the int8 model against its float twin (the PTQ diagnosis), for the report."""
     if handle is None or tflite is None or not data.get("calib"):
         return None
-    from workbench import api
     from workbench.data import open_data
-    from workbench.debug_quant import layer_errors
+    from workbench.export.convert import convert_model
+    from workbench.frontends import load
+    from workbench.evaluate.debug_quant import layer_errors
     from workbench.data.dataset import fit_to_input
 
     ref = adir.parent / "float-twin.tflite"
     try:
-        api.convert(handle, "tflite", ref, scheme="float", write_manifest=False, overwrite=True)
-        spec = api.load(ref).inputs[0]
+        convert_model(handle, "tflite", ref, scheme="float", write_manifest=False, overwrite=True)
+        spec = load(ref).inputs[0]
         ds = open_data(data["calib"], split="train", limit=32, seed=1)
         rows = layer_errors(ref, tflite, fit_to_input(ds.x, spec.shape, spec.layout, ds.name))
     except WorkbenchError:
@@ -92,7 +96,7 @@ def _layer_errors(handle, tflite: Path | None, v, data: dict, adir: Path) -> lis
 def _emulated(path: Path, target: str) -> dict:
     from workbench.emulate import emulate
 
-    from workbench.errors import UnsupportedError
+    from workbench.core.errors import UnsupportedError
 
     try:
         r = emulate(path, target).to_dict()
@@ -123,6 +127,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        from workbench.optimize import pipeline_steps  # noqa: F401  (registers prune and qat)
+        from workbench.pipeline import optimize_steps  # noqa: F401  (registers prune and qat)
 
         _done = True

@@ -92,7 +92,7 @@ def import_quietly(*modules: str, extra: str, purpose: str):
     """Import heavy framework modules in order, with their start-up chatter (C++ logs, loader
     warnings) kept off the user's terminal; a missing one raises MissingDependencyError naming
     ``extra``. Returns the last module."""
-    from workbench.errors import require
+    from workbench.core.errors import require
 
     quiet_frameworks()
     mod = None

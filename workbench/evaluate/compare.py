@@ -77,7 +77,7 @@ def compare_runners(ref: Runner, cand: Runner, data: Dataset, ref_name: str = "r
     y_ref = predict(ref, data, ref_name)
     y_cand = predict(cand, data, cand_name)
     if y_ref.shape != y_cand.shape:
-        from workbench.errors import DataError
+        from workbench.core.errors import DataError
 
         raise DataError(f"The two models give outputs of different shapes: {ref_name} {y_ref.shape[1:]}, {cand_name} {y_cand.shape[1:]}.",
                         hint="Compare models that compute the same function.")
@@ -89,3 +89,18 @@ def accuracy(runner: Runner, data: Dataset, name: str = "the model") -> float | 
     if data.y is None:
         return None
     return float(np.mean(predict(runner, data, name).argmax(1) == data.y))
+
+
+def evaluate_models(reference, candidate, data, *, samples: int | None = 1000, seed: int = 0, split: str = "test",
+                    load_options=None, reference_runtime: str | None = None,
+                    candidate_runtime: str | None = None) -> Comparison:
+    """Run both models (paths or ModelHandles) in their real runtimes on the same samples and compare."""
+    from workbench.data import as_dataset
+    from workbench.frontends import ModelHandle, load
+    from workbench.runtimes import open_runner
+
+    ds = as_dataset(data, split, limit=samples, seed=seed if samples else None)
+    ref = reference if isinstance(reference, ModelHandle) else load(reference, load_options)
+    cand = candidate if isinstance(candidate, ModelHandle) else load(candidate)
+    return compare_runners(open_runner(ref, reference_runtime), open_runner(cand, candidate_runtime), ds,
+                           ref_name=str(ref.path), cand_name=str(cand.path))

@@ -1,0 +1,213 @@
+"""Firmware emulation: TFLM + CMSIS-NN built for a Cortex-M core, linked with the exported
+project of a model, run on QEMU (workbench.emulate.firmware).
+
+Needs arm-none-eabi-gcc with newlib, qemu-system-arm and a TFLM tree ($WORKBENCH_TFLM_DIR,
+else ../shared/third_party/tflite-micro beside the repository); skipped, naming what is
+missing, without them. The TFLM library for a core is built once into the user cache
+(about 5.5 min on 2 cores the first time, then reused by every test and run).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 300
+
+
+def _tree_dir() -> Path:
+    env = os.environ.get("WORKBENCH_TFLM_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "third_party" / "tflite-micro"
+
+
+@pytest.fixture(scope="session")
+def fw_env():
+    """(tree dir, toolchain) or a skip naming the missing piece."""
+    from workbench.emulate.firmware import ToolMissingError, find_toolchain, validate_tree
+    from workbench.core.errors import ConfigError
+
+    try:
+        tc = find_toolchain()
+    except ToolMissingError as exc:
+        pytest.skip(f"firmware emulation needs {exc.program} ({exc.hint.splitlines()[-1]})")
+    d = _tree_dir()
+    try:
+        validate_tree(d)
+    except ConfigError as exc:
+        pytest.skip(f"no usable TFLM tree at {d}: {exc.message}")
+    return d, tc
+
+
+@pytest.fixture(scope="session")
+def digits_int8_samples(digits_tflite_int8):
+    """SAMPLES digits test images quantized to the model's int8 input, and their labels."""
+    from workbench.data import open_data
+    from workbench.frontends import load
+    from workbench.runtimes.base import quantize_input
+
+    ds = open_data("digits", split="test") if _accepts_split() else open_data("digits:test")
+    spec = load(digits_tflite_int8).inputs[0]
+    x = quantize_input(np.asarray(ds.x[:SAMPLES], dtype=np.float32), spec)
+    return x, None if ds.y is None else np.asarray(ds.y[:SAMPLES])
+
+
+def _accepts_split() -> bool:
+    import inspect
+
+    from workbench.data import open_data
+
+    return "split" in inspect.signature(open_data).parameters
+
+
+@pytest.fixture(scope="session")
+def m4_run(fw_env, digits_tflite_int8, digits_int8_samples):
+    """The digits int8 model through the Cortex-M4 firmware, twice (the library built once)."""
+    from workbench.emulate.firmware import run_firmware
+
+    tree, _ = fw_env
+    x, _ = digits_int8_samples
+    t0 = time.perf_counter()
+    first = run_firmware(digits_tflite_int8, "stm32l4r5", inputs=x, tflm_dir=tree, jobs=2)
+    t1 = time.perf_counter()
+    second = run_firmware(digits_tflite_int8, "stm32l4r5", inputs=x, tflm_dir=tree, jobs=2, cache=False)
+    print(f"\nfirmware M4: first run {t1 - t0:.1f} s (library built now: {first.library_built}, "
+          f"{first.library_seconds:.0f} s), rebuild + run {time.perf_counter() - t1:.1f} s")
+    return first, second
+
+
+def test_m4_outputs_bit_exact_with_host_tflm(m4_run, digits_tflite_int8, digits_int8_samples):
+    from workbench.frontends import load
+    from workbench.runtimes.tflm import TflmRunner
+
+    rep, _ = m4_run
+    x, y = digits_int8_samples
+    host = TflmRunner(load(digits_tflite_int8))._run(x)  # the host interpreter, reference kernels
+    fw = np.asarray(rep.outputs)
+    assert fw.dtype == host.dtype == np.int8
+    assert fw.shape == host.reshape(fw.shape).shape and rep.samples == SAMPLES
+    diff = np.abs(fw.astype(np.int32) - host.reshape(fw.shape).astype(np.int32))
+    assert int(diff.max()) == 0, f"CMSIS-NN firmware differs from host TFLM by up to {int(diff.max())} LSB"
+    if y is not None:
+        acc = float((fw.reshape(len(fw), -1).argmax(1) == y).mean())
+        assert acc > 0.9
+
+
+def test_m4_counts_are_deterministic_and_sizes_match_arm_size(m4_run, fw_env):
+    a, b = m4_run
+    _, tc = fw_env
+    assert a.instructions > 0 and a.instructions == b.instructions
+    assert [o["instructions"] for o in a.per_op] == [o["instructions"] for o in b.per_op]
+    assert {o["op"] for o in a.per_op} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert sum(o["instructions"] for o in a.per_op) <= a.instructions
+    out = subprocess.run([str(tc.size), a.elf], capture_output=True, text=True, check=True).stdout
+    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    assert a.flash_bytes == text + data == b.flash_bytes
+    assert (a.text_bytes, a.data_bytes) == (text, data)
+    # RAM: static data + the arena TFLM used (with margin) + the measured stack.
+    assert a.arena_used_bytes > 1000 and a.arena_bytes >= a.arena_used_bytes
+    assert 256 < a.stack_bytes < 64 * 1024
+    assert a.ram_bytes == a.data_bytes_ram if hasattr(a, "data_bytes_ram") else a.ram_bytes >= a.arena_bytes + a.stack_bytes
+    assert a.latency_ms is not None and a.latency_ms > 0 and a.cpi
+    d = a.to_dict()
+    assert "outputs" not in d and d["source"] == "firmware"
+    import json
+
+    json.dumps(d)
+
+
+def test_m4_export_arena_covers_the_32bit_build(m4_run):
+    rep, _ = m4_run
+    assert rep.arena_used_bytes <= rep.export_arena_bytes
+
+
+def test_bad_tflm_dir_is_a_config_error(tmp_path, digits_tflite_int8):
+    from workbench.core.errors import ConfigError
+    from workbench.emulate.firmware import find_tree, run_firmware
+
+    (tmp_path / "tensorflow").mkdir()
+    with pytest.raises(ConfigError) as ei:
+        find_tree(tmp_path)
+    assert ei.value.exit_code == 2 and "Makefile" in ei.value.message
+    with pytest.raises(ConfigError):
+        run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=tmp_path / "missing")
+
+
+def test_missing_toolchain_is_exit_3_with_the_install_line(monkeypatch, tmp_path):
+    from workbench.emulate.firmware import toolchain
+
+    toolchain._find.cache_clear()
+    monkeypatch.setenv("WORKBENCH_ARM_TOOLCHAIN", str(tmp_path))
+    try:
+        with pytest.raises(toolchain.ToolMissingError) as ei:
+            toolchain.find_toolchain()
+        assert ei.value.exit_code == 3
+        assert toolchain.INSTALL_LINE in str(ei.value)
+    finally:
+        toolchain._find.cache_clear()
+
+
+def test_support_says_why_not():
+    from workbench.emulate.firmware import firmware_support, machine_problem
+
+    assert "Xtensa" in machine_problem("2x Xtensa LX7")
+    assert firmware_support("esp32-s3") is not None
+    assert firmware_support("raspberry-pi-4") is not None
+
+
+def test_op_missing_from_the_tree_is_unsupported(fw_env, tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.core.errors import UnsupportedError
+    from workbench.emulate.firmware.build import check_ops_in_tree
+    from workbench.emulate.firmware.tree import validate_tree
+
+    tree = validate_tree(fw_env[0])
+    ops = [SimpleNamespace(kind="CONV_2D", method="AddConv2D"), SimpleNamespace(kind="FANCY_OP", method="AddFancyOp")]
+    with pytest.raises(UnsupportedError) as ei:
+        check_ops_in_tree(ops, tree, "m.tflite")
+    assert "FANCY_OP" in ei.value.message and ei.value.exit_code != 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["stm32f746", "nrf5340"])
+def test_other_cores_run_the_digits_model(fw_env, target, digits_tflite_int8, digits_int8_samples):
+    from workbench.emulate.firmware import firmware_support, run_firmware
+    from workbench.frontends import load
+    from workbench.runtimes.tflm import TflmRunner
+
+    why = firmware_support(target, tflm_dir=fw_env[0])
+    if why is not None:
+        pytest.skip(why)
+    x, _ = digits_int8_samples
+    rep = run_firmware(digits_tflite_int8, target, inputs=x[:50], tflm_dir=fw_env[0], jobs=2)
+    host = TflmRunner(load(digits_tflite_int8))._run(x[:50])
+    assert np.array_equal(np.asarray(rep.outputs), host.reshape(np.asarray(rep.outputs).shape))
+    again = run_firmware(digits_tflite_int8, target, inputs=x[:50], tflm_dir=fw_env[0], jobs=2)
+    assert again.instructions == rep.instructions > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,lang", [("plain", "c"), ("arduino", "cpp")])
+def test_every_layout_builds_and_runs(fw_env, layout, lang, digits_tflite_int8, m4_run):
+    from workbench.emulate.firmware import run_firmware
+
+    rep = run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=fw_env[0], layout=layout, lang=lang, jobs=2)
+    assert rep.instructions > 0 and rep.flash_bytes > 0
+
+
+@pytest.mark.slow
+def test_reference_kernels_are_selectable(fw_env, digits_tflite_int8, digits_int8_samples, m4_run):
+    from workbench.emulate.firmware import run_firmware
+
+    x, _ = digits_int8_samples
+    ref = run_firmware(digits_tflite_int8, "stm32l4r5", inputs=x[:20], tflm_dir=fw_env[0], kernels="reference", jobs=2)
+    cmsis, _ = m4_run
+    assert ref.library_key != cmsis.library_key
+    assert ref.instructions > cmsis.instructions
+    assert np.array_equal(np.asarray(ref.outputs), np.asarray(cmsis.outputs)[:20])

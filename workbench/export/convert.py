@@ -1,0 +1,62 @@
+"""``convert_model``: the keyword-argument form of :func:`workbench.export.engine.convert` that
+``workbench export`` and ``workbench quantize`` run, and that later stages (optimize, evaluate,
+pipeline) call to build a deployable file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from workbench.core.config import QuantConfig
+from workbench.data import as_dataset
+from workbench.frontends import ModelHandle, load
+from workbench.frontends.loader import LoadOptions
+
+
+def as_handle(model, options: LoadOptions | None = None) -> ModelHandle:
+    return model if isinstance(model, ModelHandle) else load(model, options)
+
+
+def convert_model(model, fmt: str, out: str | Path, *, scheme: str = "float", calib=None, calib_samples: int = 200,
+                  io_dtype: str | None = None, per_channel: bool = True, calibrator: str = "minmax",
+                  keep_float: tuple[str, ...] = (), seed: int = 0, overwrite: bool = False,
+                  load_options: LoadOptions | None = None, write_manifest: bool = True, **export_options):
+    """Export (and quantize) a model. ``calib`` is a data spec ("digits:train", "calib.npz", a
+    folder...) or a Dataset. Returns the Artifact; its manifest is written beside it."""
+    from workbench.export.engine import convert
+
+    handle = as_handle(model, load_options)
+    cfg = QuantConfig(scheme=scheme, io_dtype=io_dtype, per_channel=per_channel, calibrator=calibrator,
+                      calib_samples=calib_samples, keep_float=tuple(keep_float), seed=seed)
+    data = as_dataset(calib, "train") if cfg.needs_calibration else None
+    art = convert(handle, fmt, out, cfg, calib=data, overwrite=overwrite, **export_options)
+    if write_manifest:
+        art.write_manifest()
+    return art
+
+
+def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_options: LoadOptions | None = None,
+                overwrite: bool = False, target: str | None = None, name: str | None = None, layout: str = "plain",
+                lang: str = "cpp", labels=None, section: str | None = None, force: bool = False,
+                assess: Callable[[Path], dict] | None = None, **quant):
+    """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
+    ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`)."""
+    import tempfile
+
+    from workbench.core.files import check_input_file, check_output
+    from workbench.export.tflm_sources import write_tflm_project
+
+    handle = as_handle(model, load_options)
+    check_output(out, overwrite)
+    label_list = None
+    if labels:
+        label_list = [ln.strip() for ln in check_input_file(labels, "labels").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    with tempfile.TemporaryDirectory(prefix="workbench-tflm-") as tmp:
+        src = handle.path
+        if handle.format != "tflite":
+            src = Path(tmp) / (Path(handle.path).stem + ".tflite")
+            quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
+            convert_model(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
+        return write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
+                                  labels=label_list, section=section, force=force, overwrite=overwrite,
+                                  assess=assess)
