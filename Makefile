@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-realmodels test-aarch64 test-all bench venv constraints clean
+.PHONY: sysdeps demo test test-slow test-realmodels test-aarch64 test-all bench venv constraints clean
 
 $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +17,19 @@ $(STAMP): constraints.txt pyproject.toml
 
 venv: $(STAMP)
 
+sysdeps:
+	@bash scripts/system_deps.sh
+
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo
 
-test: $(STAMP)
+test: sysdeps $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-realmodels: $(STAMP)
+test-realmodels: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m realmodels
 
 # Needs root, Debian's qemu-user-static, binfmt-support and debootstrap, and network access to
@@ -34,7 +37,7 @@ test-realmodels: $(STAMP)
 test-aarch64: $(STAMP)
 	$(PY) -m pytest -q -s -m aarch64 tests/test_aarch64.py
 
-test-all: $(STAMP)
+test-all: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)
