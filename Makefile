@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sysdeps demo test test-slow test-realmodels test-aarch64 test-all bench venv constraints clean
+.PHONY: sysdeps firmware-tree demo test test-slow test-zoo test-realmodels test-aarch64 test-all bench venv constraints clean
 
 $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,26 @@ venv: $(STAMP)
 sysdeps:
 	@bash scripts/system_deps.sh
 
+# The TensorFlow Lite Micro tree MCU emulation builds firmware with: an offline copy beside the
+# repository when there is one (../shared/third_party), else a clone at the pinned commit.
+TFLM_OFFLINE := ../shared/third_party/tflite-micro
+firmware-tree: $(STAMP)
+	@if [ -d "$(TFLM_OFFLINE)" ]; then $(VENV)/bin/workbench firmware setup --link "$(TFLM_OFFLINE)"; \
+	else $(VENV)/bin/workbench firmware setup; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo
 
-test: sysdeps $(STAMP)
+test: sysdeps $(STAMP) firmware-tree
 	$(PY) -m pytest -q
 
 test-slow: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# About 10 min: 24+ architectures through inspect, export, int8, emulate (Pi + MCU) and int8 ONNX
+# (tests/test_zoo.py); scripts/bench_coverage.py prints the same run as a table.
+test-zoo: sysdeps $(STAMP) firmware-tree
+	$(PY) -m pytest -q -m zoo tests/test_zoo.py
 
 test-realmodels: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m realmodels

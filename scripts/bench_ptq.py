@@ -58,10 +58,10 @@ def main() -> None:
                         ratio = art.bytes / float_bytes[fmt] if fmt in float_bytes else float("nan")
                         check = ""
                         if scheme == "int8":
-                            ok = m["accuracy_drop"] <= 0.5 and ratio <= 0.30
+                            ok = m["accuracy_drop_pp"] <= 0.5 and ratio <= 0.30
                             check = "ok" if ok else "MISS"
                         rows.append([name, fw, fmt, scheme, f"{art.bytes:,}", f"{ratio:.0%}", f"{m['accuracy']:.2%}",
-                                     f"{m['accuracy_drop']:+.2f}", f"{check} ({time.time() - t0:.0f}s)"])
+                                     f"{m['accuracy_drop_pp']:+.2f}", f"{check} ({time.time() - t0:.0f}s)"])
                         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     head = ["model", "framework", "format", "scheme", "bytes", "vs float", "accuracy", "drop (pts)", "int8 target"]
     print("| " + " | ".join(head) + " |")

@@ -12,6 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+# The TFLite Micro tree the firmware tests build with: the offline copy beside the repository
+# (shared/third_party, see its PROVENANCE.md) unless the caller points elsewhere.
+SHARED_TFLM = ROOT.parent / "shared" / "third_party" / "tflite-micro"
+if SHARED_TFLM.is_dir():
+    os.environ.setdefault("WORKBENCH_TFLM_DIR", str(SHARED_TFLM))
 DIGITS_FACTORY = "workbench.builtin.models.reference:digits_torch"
 FASHION_FACTORY = "workbench.builtin.models.reference:fashion_torch"
 

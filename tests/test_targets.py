@@ -15,7 +15,8 @@ from workbench.emulate.targets import Target
 from workbench.core.errors import ConfigError
 
 EXPECTED = {"raspberry-pi-zero-2w", "raspberry-pi-3b-plus", "raspberry-pi-4", "raspberry-pi-5", "stm32l4r5", "nrf52840",
-            "stm32f746", "stm32h743", "nrf5340", "esp32-s3", "host"}
+            "stm32f746", "stm32h743", "nrf5340", "esp32-s3", "host",
+            "corstone-300", "ethos-u55-128", "himax-we2", "alif-ensemble-e7", "nxp-imx93"}
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,15 +12,16 @@ from pathlib import Path
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
 
-__all__ = ["load", "inspect", "convert", "evaluate", "export_tflm", "emulate", "profile", "profile_remote", "prune", "qat",
-           "ModelHandle", "LoadOptions"]
+__all__ = ["load", "inspect", "convert", "check_convert", "evaluate", "export_tflm", "strip", "emulate", "profile", "profile_remote",
+           "prune", "qat", "ModelHandle", "LoadOptions"]
 
 
 def inspect(model: str | Path | ModelHandle, options: LoadOptions | None = None) -> dict:
+    from workbench.export.engine import exports_from
     from workbench.frontends.inspect import describe
 
     handle = model if isinstance(model, ModelHandle) else load(model, options)
-    return describe(handle)
+    return {**describe(handle), "exports_to": exports_from(handle)}
 
 
 def convert(model, fmt: str, out: str | Path, **kw):
@@ -36,6 +37,13 @@ def convert(model, fmt: str, out: str | Path, **kw):
     return convert_model(model, fmt, out, **kw)
 
 
+def check_convert(model, fmt: str, **kw):
+    """Refuse, before any work, what :func:`convert` would refuse later (same keywords). Returns the handle."""
+    from workbench.export.convert import check_convert as _check
+
+    return _check(model, fmt, **kw)
+
+
 def evaluate(reference, candidate, data, **kw):
     """Run both models in their real runtimes on the same samples and compare (accuracy, drop, SQNR...).
     Keywords as :func:`workbench.evaluate.compare.evaluate_models`."""
@@ -49,11 +57,28 @@ def export_tflm(model, out: str | Path, **kw):
     Keywords as :func:`workbench.export.convert.export_tflm`."""
     from workbench.export.convert import export_tflm as _export_tflm
 
-    from workbench.emulate.project import assess_on
+    from workbench.emulate.project import assess_on, verifier
 
+    verify, tflm_dir = kw.pop("verify", False), kw.pop("tflm_dir", None)
+    if verify and kw.get("target") is None:
+        from workbench.core.errors import ConfigError
+
+        raise ConfigError("--verify builds the project for a target: give --target NAME (workbench targets list).")
     if kw.get("target") is not None:
         kw.setdefault("assess", assess_on(kw["target"]))
+    if verify:
+        kw["verify"] = verifier(kw["target"], tflm_dir, kw.get("layout", "plain"), kw.get("lang", "cpp"))
     return _export_tflm(model, out, **kw)
+
+
+def strip(model: str | Path, out: str | Path, *, level: str = "portable", overwrite: bool = False, verify: bool = True):
+    """A .tflite without what TFLite Micro never reads, checked bit-identical (see workbench.export.strip).
+    Returns an Artifact whose metrics hold the byte counts; its manifest is written beside it."""
+    from workbench.export.strip import strip_file
+
+    art = strip_file(model, out, level=level, overwrite=overwrite, verify=verify)
+    art.write_manifest()
+    return art
 
 
 def emulate(model: str | Path, target: str, **kw):

@@ -27,13 +27,42 @@ def model_options(f):
     f = click.option("--trust-model", is_flag=True, help="Allow code execution from the model file (full pickles, Keras Lambda layers). Only for files you trust.")(f)
     f = click.option("--factory", metavar="MODULE:FUNCTION", help="For a PyTorch state_dict: the function that builds the nn.Module.")(f)
     f = click.option("--input-shape", callback=parse_shape, metavar="DIMS", help="Input shape, batch first (e.g. 1,1,28,28); overrides what the model records.")(f)
+    f = click.option("--inputs", "graph_inputs", callback=_parse_graph_inputs, expose_value=False, metavar="NAME[:SHAPE],...",
+                     help="For a TF1 frozen graph: the input nodes, each with an optional shape (e.g. images:1x224x224x3).")(f)
+    f = click.option("--outputs", "graph_outputs", callback=_parse_graph_outputs, expose_value=False, metavar="NAME,...",
+                     help="For a TF1 frozen graph: the output nodes (default: the nodes nothing consumes).")(f)
     return f
+
+
+def _parse_graph_inputs(ctx, param, value):
+    if not value:
+        return None
+    entries = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        name, sep, dims = item.rpartition(":")
+        if not sep or dims == "0":  # no shape, or a TF tensor name ("x:0")
+            entries.append((item, None))
+            continue
+        entries.append((name, parse_shape(ctx, param, dims)))
+    ctx.meta["workbench.graph_inputs"] = tuple(entries)
+    return None
+
+
+def _parse_graph_outputs(ctx, param, value):
+    if value:
+        ctx.meta["workbench.graph_outputs"] = tuple(v.strip() for v in value.split(",") if v.strip())
+    return None
 
 
 def load_options(trust_model: bool, factory: str | None, input_shape):
     from workbench.frontends.loader import LoadOptions
 
-    return LoadOptions(trust_model=trust_model, factory=factory, input_shape=input_shape)
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    return LoadOptions(trust_model=trust_model, factory=factory, input_shape=input_shape,
+                       graph_inputs=meta.get("workbench.graph_inputs", ()), graph_outputs=meta.get("workbench.graph_outputs", ()))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else.")

@@ -1,6 +1,7 @@
 import click
 
 from workbench.cli.common import emit_json, json_option, load_options, model_options
+from workbench.evaluate.metrics import CHOICES as METRIC_CHOICES
 
 
 @click.command("compare")
@@ -11,11 +12,14 @@ from workbench.cli.common import emit_json, json_option, load_options, model_opt
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--reference-runtime", help="Runtime for REFERENCE (default: its own: keras, torch, litert, ort).")
 @click.option("--candidate-runtime", help="Runtime for CANDIDATE (e.g. tflm to run a .tflite in TFLite Micro).")
+@click.option("--metric", type=click.Choice(METRIC_CHOICES), default="auto", show_default=True,
+              help="Task metric: top1, top5, auc, mse, mae, psnr (auto: top1 for class labels, auc for 0/1 labels on a score "
+                   "or an autoencoder, mse for targets); sqnr/cosine: fidelity only (always reported).")
 @model_options
 @json_option
-def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, candidate_runtime, trust_model, factory,
+def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, candidate_runtime, metric, trust_model, factory,
                 input_shape, as_json):
-    """Compare two models or artifacts on the same samples: accuracy and drop, argmax agreement, SQNR, cosine, max-abs error.
+    """Compare two models or artifacts on the same samples: the task metric and its loss, argmax agreement, SQNR, cosine, max-abs error.
 
     Each runs in its real runtime (Keras/PyTorch for framework models, LiteRT for .tflite,
     ONNX Runtime for .onnx/.ort). --factory and --input-shape apply to REFERENCE.
@@ -24,7 +28,7 @@ def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, ca
 
     cmp = api.evaluate(reference, candidate, data, samples=samples, seed=seed,
                        load_options=load_options(trust_model, factory, input_shape),
-                       reference_runtime=reference_runtime, candidate_runtime=candidate_runtime)
+                       reference_runtime=reference_runtime, candidate_runtime=candidate_runtime, metric=metric)
     d = cmp.to_dict()
     if as_json:
         emit_json(d)
@@ -33,7 +37,13 @@ def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, ca
     click.echo(f"candidate: {d['candidate']} ({d['candidate_runtime']['runtime']})")
     click.echo(f"data: {d['data']}, {d['samples']} samples")
     if "accuracy" in d:
-        click.echo(f"accuracy: {d['reference_accuracy']:.2%} -> {d['accuracy']:.2%} (drop {d['accuracy_drop']:+.2f} points)")
+        click.echo(f"accuracy: {d['reference_accuracy']:.2%} -> {d['accuracy']:.2%} (drop {d['accuracy_drop_pp']:+.2f} points)")
+    elif d.get("metric"):
+        from workbench.evaluate.metrics import describe
+
+        click.echo(describe(d))
     if d.get("argmax_agreement") is not None:
         click.echo(f"argmax agreement: {d['argmax_agreement']:.2%}")
     click.echo(f"SQNR: {d['sqnr_db']:.2f} dB   cosine: {d['cosine']:.6f}   max abs error: {d['max_abs_error']:.5g}")
+    for w in d.get("warnings", ()):
+        click.echo(f"Warning: {w}", err=True)

@@ -46,7 +46,7 @@ def debug_quant_cmd(model, calib, scheme, samples, calib_samples, keep_float, au
     if "variants" in res:
         click.echo(f"\nkept in float: {', '.join(res['keep_float'])}")
         vrows = [[k, human_bytes(v["bytes"]), f"{v['accuracy']:.2%}" if v.get("accuracy") is not None else "-",
-                  f"{v['accuracy_drop']:+.2f}" if v.get("accuracy_drop") is not None else "-"] for k, v in res["variants"].items()]
+                  f"{v['accuracy_drop_pp']:+.2f}" if v.get("accuracy_drop_pp") is not None else "-"] for k, v in res["variants"].items()]
         click.echo(table(vrows, ["variant", "size", "accuracy", "drop (points)"]))
     if res.get("output"):
         click.echo(f"wrote {res['output']}")

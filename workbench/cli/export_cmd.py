@@ -7,12 +7,23 @@ import warnings
 import click
 
 from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, overwrite_option
-from workbench.core.config import CALIBRATORS, EXPORT_FORMATS, IO_DTYPES, SCHEMES
+from workbench.core.config import CALIBRATORS, EXPORT_FORMATS, IO_DTYPES, SCHEME_HELP, SCHEMES
+from workbench.evaluate.metrics import CHOICES as METRIC_CHOICES
+
+SCHEMES_TEXT = ("; ".join(f"{k}: {v}" for k, v in SCHEME_HELP.items() if k != "float")
+                + ". From a float .tflite (ai-edge-quantizer): TFLite Micro runs int8, int16x8, mixed-int16 and weight-int8 "
+                "with --per-tensor; "
+                "LiteRT runs all.")
 
 
 def quant_options(f):
+    f = click.option("--int16-layer", "int16_layers", multiple=True, metavar="REGEX",
+                     help="mixed-int16: ops whose output tensor name matches REGEX get int16 activations. Repeatable.")(f)
+    f = click.option("--metric", type=click.Choice(METRIC_CHOICES), default="auto", show_default=True,
+                     help="Task metric for --eval: top1, top5, auc, mse, mae, psnr (auto: top1 for class labels, auc for 0/1 "
+                          "labels on a score or an autoencoder, mse for targets); sqnr/cosine: fidelity only.")(f)
     f = click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
-                     help="Keep this layer (its output tensor name, see debug-quant) in float. Repeatable.")(f)
+                     help="Keep this layer (its output tensor name, see debug-quant; a regex for a .tflite input) in float. Repeatable.")(f)
     f = click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples used by --eval.")(f)
     f = click.option("--eval", "eval_data", metavar="DATA", help="Measure accuracy loss: the original in its framework vs the artifact in its runtime.")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")(f)
@@ -25,6 +36,18 @@ def quant_options(f):
 
 
 def tflm_options(f):
+    f = click.option("--strip-tflm-only", "strip_tflm_only", is_flag=True,
+                     help="tflm: also cut per-channel zero-point tables of one repeated value to one entry (TFLM "
+                          "broadcasts it; LiteRT refuses such a model); checked bit-identical in TFLM.")(f)
+    f = click.option("--strip/--no-strip", "strip", default=True, show_default=True,
+                     help="tflm: write the model without what TFLite Micro never reads (tensor names, signatures, unread "
+                          "metadata, unused and duplicate buffers), checked bit-identical in TFLM and LiteRT. "
+                          "--no-strip keeps the names, which help debugging (e.g. with `workbench inspect`).")(f)
+    f = click.option("--tflm-dir", type=click.Path(), metavar="DIR", envvar="WORKBENCH_TFLM_DIR",
+                     help="tflm --verify: the tflite-micro checkout to build with (default: `workbench firmware setup`'s).")(f)
+    f = click.option("--verify", is_flag=True,
+                     help="tflm: build the written project for --target with real TFLite Micro + CMSIS-NN, run one inference "
+                          "on QEMU and check it matches the host interpreter and fits (exit 1 when not).")(f)
     f = click.option("--force", is_flag=True, help="tflm: write the sources even when the model does not fit --target.")(f)
     f = click.option("--section", help="tflm: linker section for the model array (e.g. .rodata.model).")(f)
     f = click.option("--labels", type=click.Path(), help="tflm: a text file of class labels, one per line.")(f)
@@ -38,7 +61,7 @@ def tflm_options(f):
 OWN_WARNING = "/workbench/"  # show our own warnings; third-party ones stay in --debug territory
 
 
-def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
+def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="auto"):
     from workbench import api
 
     with warnings.catch_warnings(record=True) as caught:
@@ -47,6 +70,7 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
             art = api.export_tflm(model, out, scheme=scheme, load_options=lo, overwrite=overwrite, **qopts, **tflm)
         else:
             handle = api.load(model, lo)
+            api.check_convert(handle, fmt, scheme=scheme, **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
             eval_data = None
             if qopts.get("eval_data"):  # open and check it before minutes of conversion
                 from workbench.data import open_data
@@ -58,7 +82,7 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
                               **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
             try:
                 if eval_data is not None:
-                    art = art.with_metrics(**api.evaluate(handle, art.path, eval_data).to_dict())
+                    art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric).to_dict())
                 art.write_manifest()
             except BaseException:
                 art.path.unlink(missing_ok=True)  # the command failed: leave nothing behind
@@ -75,22 +99,53 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json):
     click.echo(f"wrote {art.path} ({fmt}, {scheme}): {human_bytes(a['bytes'])}"
                + (f", {a['bytes'] / src['bytes']:.0%} of the source" if src and src.get("bytes") else ""))
     m = manifest["metrics"]
+    for w in m.get("warnings", ()):
+        click.echo(f"Warning: {w}", err=True)
     if "accuracy" in m:
-        click.echo(f"accuracy: {m['reference_accuracy']:.2%} -> {m['accuracy']:.2%} (drop {m['accuracy_drop']:+.2f} points) "
+        click.echo(f"accuracy: {m['reference_accuracy']:.2%} -> {m['accuracy']:.2%} (drop {m['accuracy_drop_pp']:+.2f} points) "
                    f"on {m['samples']} samples of {m['data'] if 'data' in m else qopts.get('eval_data')}")
+    elif m.get("metric"):
+        from workbench.evaluate.metrics import describe
+
+        click.echo(f"{describe(m)} on {m['samples']} samples of {m.get('data') or qopts.get('eval_data')}")
     if "sqnr_db" in m:
-        click.echo(f"agreement: argmax {m['argmax_agreement']:.2%}, SQNR {m['sqnr_db']:.1f} dB, cosine {m['cosine']:.5f}, "
+        argmax = f"argmax {m['argmax_agreement']:.2%}, " if m.get("argmax_agreement") is not None else ""
+        click.echo(f"agreement: {argmax}SQNR {m['sqnr_db']:.1f} dB, cosine {m['cosine']:.5f}, "
                    f"max abs error {m['max_abs_error']:.4g}")
+    s = m.get("strip")
+    if s:
+        click.echo(f"stripped ({s['level']}): {s['bytes_before']:,} -> {s['bytes_after']:,} B model bytes "
+                   f"({s['model_to_constant_ratio']:.2f}x its {s['constant_bytes']:,} B of constant data), bit-identical in "
+                   + " and ".join({"litert": "LiteRT", "tflm": "TFLite Micro"}[r] for r in s["verify"]["runtimes"]))
+    v = m.get("verify")
+    if v:
+        click.echo(f"verified on QEMU {v['machine']} for {v['target']}: builds with real TFLite Micro, output matches the "
+                   f"host interpreter; firmware flash {v['flash_bytes']:,} B, RAM {v['ram_bytes']:,} B, "
+                   f"{v['instructions']:,} instructions")
     click.echo(f"manifest: {art.manifest_path}")
 
 
-QUANT_KEYS = ("calib", "io_dtype", "per_channel", "calibrator", "calib_samples", "seed", "eval_data", "eval_samples", "keep_float")
-TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force")
+QUANT_KEYS = ("calib", "io_dtype", "per_channel", "calibrator", "calib_samples", "seed", "eval_data", "eval_samples", "keep_float",
+              "int16_layers")
+TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force", "verify", "tflm_dir")
+
+
+def strip_level(strip: bool, tflm_only: bool) -> str:
+    """The export's strip level (see workbench.export.tflm_facts.STRIP_LEVELS) from the two flags."""
+    if tflm_only and not strip:
+        from workbench.core.errors import ConfigError
+
+        raise ConfigError("--strip-tflm-only strips more than --strip; it cannot go with --no-strip.",
+                          hint="Drop one of the two options.")
+    return "none" if not strip else "tflm" if tflm_only else "portable"
 
 
 def _dispatch(model, fmt, out, scheme, kw):
     lo = load_options(kw["trust_model"], kw["factory"], kw["input_shape"])
-    _run(model, fmt, out, scheme, lo, {k: kw[k] for k in QUANT_KEYS}, {k: kw[k] for k in TFLM_KEYS}, kw["overwrite"], kw["as_json"])
+    tflm = {k: kw[k] for k in TFLM_KEYS}
+    tflm["strip"] = strip_level(kw["strip"], kw["strip_tflm_only"])
+    _run(model, fmt, out, scheme, lo, {k: kw[k] for k in QUANT_KEYS}, tflm, kw["overwrite"], kw["as_json"],
+         metric=kw["metric"])
 
 
 def shared_options(f):
@@ -101,7 +156,7 @@ def shared_options(f):
 
 @click.command("quantize")
 @click.argument("model", type=click.Path())
-@click.option("--scheme", type=click.Choice(SCHEMES), required=True, help="fp16, dynamic (int8 weights), int8 (full integer), int16x8.")
+@click.option("--scheme", type=click.Choice(SCHEMES), required=True, help=SCHEMES_TEXT)
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="tflite", show_default=True)
 @click.option("-o", "--output", "out", type=click.Path(), required=True)
 @shared_options
@@ -112,6 +167,8 @@ def quantize_cmd(model, scheme, fmt, out, **kw):
     Examples:
       workbench quantize model.keras --scheme int8 --calib digits:train --eval digits:test -o model_int8.tflite
       workbench quantize model.pt --factory pkg.mod:build --scheme int8 --calib calib.npz --format onnx -o m.onnx
+      workbench quantize float.tflite --scheme int8 --calib calib.npz --eval test.npz -o model_int8.tflite
+      workbench quantize ae.tflite --scheme int8 --calib normal.npz --eval test.npz --metric auc -o ae_int8.tflite
     """
     _dispatch(model, fmt, out, scheme, kw)
 

@@ -35,3 +35,8 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
         click.echo(table(rows, ["layer", "op", "output shape", "dtype", "params", "MACs"]))
     click.echo()
     click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["op_counts"].items())))
+    ex = info.get("exports_to") or {}
+    if ex.get("paths"):
+        click.echo("exports to: " + "; ".join(f"{fmt} ({', '.join(sch)})" for fmt, sch in ex["paths"].items()))
+    for fmt, reason in (ex.get("refused") or {}).items():
+        click.echo(f"not to {fmt}: {reason}")

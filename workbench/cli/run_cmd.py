@@ -10,7 +10,7 @@ import click
 from workbench.cli.common import emit_json, table
 
 fail_on_option = click.option("--fail-on", "fail_on", multiple=True, metavar="EXPR",
-                              help="Exit 1 when a result breaks this budget, e.g. 'accuracy_drop>1.0', 'arena_bytes>200000'. Repeatable.")
+                              help="Exit 1 when a result breaks this budget, e.g. 'accuracy_drop_pp>1.0', 'arena_bytes>200000'. Repeatable.")
 
 
 def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], as_json: bool,
@@ -39,7 +39,7 @@ def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], 
     else:
         rows = [[r["model"], r["variant"], r["format"], r.get("target") or "-", f"{r['bytes']:,}",
                  f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "-",
-                 f"{r['accuracy_drop']:+.2f}" if r.get("accuracy_drop") is not None else "-",
+                 f"{r['accuracy_drop_pp']:+.2f}" if r.get("accuracy_drop_pp") is not None else "-",
                  f"{r['ram_bytes']:,}" if r.get("ram_bytes") else "-",
                  f"{r['latency_ms']:.3g}" if r.get("latency_ms") is not None else "-",
                  {True: "yes", False: "NO", None: "-"}[r.get("fits")]] for r in doc["rows"]]

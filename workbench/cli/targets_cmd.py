@@ -60,6 +60,8 @@ def targets_show(name, as_json):
         click.echo("factors: " + ", ".join(extras))
     if c.calibration:
         click.echo(f"calibration: {c.calibration}")
+    if t.kind == "mcu":
+        _firmware_lines(t)
     click.echo("\nsources:")
     for s in t.sources:
         click.echo(f"  - {s.fact}\n    {s.url}")
@@ -67,6 +69,26 @@ def targets_show(name, as_json):
         click.echo("assumptions:")
         for a in t.assumptions:
             click.echo(f"  - {a}")
+
+
+def _firmware_lines(t) -> None:
+    """How emulate builds and times this target's firmware: the QEMU machine, the flags, the CPI fit."""
+    from workbench.emulate.firmware.cpi import fit_summary
+    from workbench.emulate.firmware.machines import machine_for_core, machine_problem
+
+    problem = machine_problem(t.core)
+    if problem:
+        click.echo(f"\nfirmware: none ({problem}); emulate gives the cost-model estimate")
+        return
+    m = machine_for_core(t.core)
+    click.echo(f"\nfirmware: TFLite Micro + CMSIS-NN built with {' '.join(m.cflags)} (TFLM TARGET_ARCH {m.tflm_arch}), "
+               f"run on QEMU {m.qemu_machine} with -icount shift=0")
+    fit = fit_summary(t.core)
+    if fit:
+        cpi = ", ".join(f"{k} {v:g}" for k, v in fit["cpi"].items())
+        errs = ", ".join(f"{k} {v:+.1%}" for k, v in fit["held_out_errors"].items())
+        click.echo(f"  CPI {cpi}; leave-one-out errors {errs} ({fit['regenerate']})")
+        click.echo(f"  {fit['how']}")
 
 
 from workbench.cli.calibrate_cmd import calibrate_cmd  # noqa: E402

@@ -19,6 +19,16 @@ class WorkbenchError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"
 
+    def __reduce__(self):  # pickles with its hint and attributes (errors cross process boundaries)
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls, args, state):
+    err = Exception.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class InputFileError(WorkbenchError):
     """A file given by the user is missing, empty, unreadable or of the wrong kind."""
@@ -80,6 +90,17 @@ class CheckFailed(WorkbenchError):
 
 class RuntimeFailure(WorkbenchError):
     """A runtime (LiteRT, ONNX Runtime, TFLite Micro, a converter) failed on a valid-looking input."""
+
+
+class ParityError(RuntimeFailure):
+    """A converted model does not compute what its source computes (outputs differ beyond the tolerance)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, max_abs_error: float = 0.0, tolerance: float = 0.0,
+                 argmax_agreement: float | None = None):
+        super().__init__(message, hint=hint)
+        self.max_abs_error, self.tolerance, self.argmax_agreement = max_abs_error, tolerance, argmax_agreement
 
 
 def require(module: str, extra: str, purpose: str):

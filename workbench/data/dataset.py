@@ -52,11 +52,15 @@ class Dataset:
             yield self.x[i : i + batch_size], (None if self.y is None else self.y[i : i + batch_size])
 
 
+def _fits(found: tuple, want: tuple) -> bool:
+    return len(found) == len(want) and all(w is None or w == f for w, f in zip(want, found))
+
+
 def fit_to_input(x: np.ndarray, shape: tuple, layout: str | None, name: str, model: str = "the model") -> np.ndarray:
     """Make samples ``x`` (batch first; images NHWC or NHW) match one model input.
 
-    Adds a channel axis to grey images, transposes NHWC to NCHW when the model wants that,
-    and checks the per-sample shape, raising DataError with expected vs found.
+    Adds a channel axis to grey images, transposes NHWC <-> NCHW when only the transposed
+    shape fits the model, and checks the per-sample shape, raising DataError with expected vs found.
     """
     want = tuple(shape[1:]) if shape else None
     x = np.asarray(x)
@@ -64,15 +68,23 @@ def fit_to_input(x: np.ndarray, shape: tuple, layout: str | None, name: str, mod
         return x.astype(np.float32)
     if x.ndim == 3 and len(want) == 3:  # grey images without a channel axis
         x = x[..., None]
-    if x.ndim == 4 and layout == "NCHW" and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = np.transpose(x, (0, 3, 1, 2))
+    if x.ndim == 4 and len(want) == 3 and not _fits(x.shape[1:], want):
+        # NHWC data for an NCHW model (PyTorch) or NCHW data for an NHWC model (Keras, or the NHWC .tflite
+        # litert-torch writes from a PyTorch model): transpose when the shapes say so.
+        for perm in ((0, 3, 1, 2), (0, 2, 3, 1)) if layout != "NHWC" else ((0, 2, 3, 1), (0, 3, 1, 2)):
+            if _fits(tuple(x.shape[i] for i in perm[1:]), want):
+                x = np.transpose(x, perm)
+                break
     if x.ndim == 2 and len(want) == 3 and None not in want and x.shape[1] == int(np.prod(want)):
         x = x.reshape((-1,) + want)
     found = tuple(x.shape[1:])
-    if len(found) != len(want) or any(w is not None and w != f for w, f in zip(want, found)):
+    if not _fits(found, want):
+        same_size = None not in want and int(np.prod(found)) == int(np.prod(want))
         raise DataError(
             f"Data '{name}' has samples of shape {found}, but {model} expects {tuple(want)} (layout {layout or 'n/a'}).",
-            hint="Use data prepared for this model, or resize it (folder specs take #size=HxW).",
+            hint=("The sizes match but the arrangement does not: reshape the data to the model's input (images are "
+                  "accepted NHWC or NCHW and transposed when the shapes say so)." if same_size else
+                  "Use data prepared for this model, or resize it (folder specs take #size=HxW)."),
         )
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DataError(f"Data '{name}' has dtype {x.dtype}; numeric samples were expected.")

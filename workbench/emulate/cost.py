@@ -73,7 +73,7 @@ def activation_bytes(graph: Graph, op: Op) -> int:
         t = graph.tensor(i)
         if t is not None:
             total += t.nbytes or 0
-    return int(total)
+    return int(total * getattr(op, "repeat", 1))  # a loop body's op moves its data once per iteration
 
 
 def weight_bytes(graph: Graph, op: Op) -> int:

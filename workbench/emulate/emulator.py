@@ -15,7 +15,7 @@ from workbench.emulate import compat, memory
 from workbench.emulate.cost import estimate_latency
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target, load_target
-from workbench.core.errors import UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.core.files import check_input_file, sha256_file
 from workbench.core.registry import Registry
 
@@ -38,12 +38,20 @@ def _litert_runner(handle, target: Target, threads: int):
 
 
 def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None, reference=None, threads: int | None = None,
-            *, eval_samples: int | None = 500, timeout: float = 120.0) -> TargetReport:
+            *, eval_samples: int | None = 500, timeout: float = 120.0, firmware: bool | None = None,
+            tflm_dir=None, metric: str | None = None) -> TargetReport:
     """Emulate ``model_path`` (a .tflite) on ``target`` (a profile name, a YAML path or a Target).
 
     ``eval_data``: a Dataset or a data spec (opened with split "test" and ``eval_samples``);
     with it the report holds the accuracy of the model run in the target's runtime, compared
-    with ``reference`` (a model path or ModelHandle run in its own runtime) when given.
+    with ``reference`` (a model path or ModelHandle run in its own runtime) when given;
+    ``metric`` names the task metric (:mod:`workbench.evaluate.metrics`; default: top1 for classifiers).
+
+    ``firmware``: for MCU targets, build and run the model's real firmware on QEMU
+    (:mod:`workbench.emulate.on_firmware`). ``None`` (default): whenever the toolchain, QEMU
+    and a TFLM tree (``tflm_dir`` or ``WORKBENCH_TFLM_DIR``) are available, else the estimate
+    with a note saying why; ``True``: required (a missing piece is an error); ``False``: the
+    estimate only.
     """
     from workbench.frontends import load
 
@@ -53,44 +61,110 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     if handle.format != "tflite":
         raise UnsupportedError(f"emulate works on .tflite models; '{path}' is {handle.format}.",
                                hint="Export it first: workbench export MODEL --format tflite -o model.tflite")
+    if tgt.npu is not None:  # a board with an NPU: its compiler's estimate (workbench.emulate.npu)
+        from workbench.emulate.npu import emulate_on_npu
+
+        return emulate_on_npu(path, handle, tgt, threads=threads, eval_data=eval_data, reference=reference,
+                              eval_samples=eval_samples, metric=metric, timeout=max(timeout, 300.0))
     graph = handle.meta["graph"]
     n_threads = 1 if tgt.runtime.name == "tflm" else max(1, min(threads or tgt.threads, tgt.cores))
     context: dict = {"timeout": timeout, "threads": n_threads}
     if tgt.runtime.name == "litert":
         context["litert"] = memory.measure_litert(path, n_threads, timeout)
     support = compat.check(graph, tgt.runtime.name, str(path), context)
-    mem = None
-    if support.supported:
-        try:
-            mem = memory.measure(path, graph, tgt, context)
-        except UnsupportedError as exc:  # found by the runtime itself: an op it refuses
-            problem = getattr(exc, "problem", None)
-            if problem is None:
-                raise
-            support = compat.Compat(unsupported=(problem,), delegated=support.delegated, notes=support.notes)
+    notes: list[str] = []
+    fw, accuracy, support = _on_firmware(handle, tgt, support, firmware, tflm_dir, eval_data, reference, eval_samples, notes,
+                                         metric=metric)
+    if fw is not None:
+        from workbench.emulate.on_firmware import firmware_memory
+
+        mem = firmware_memory(fw, tgt)
+    else:
+        mem, support = _memory(path, graph, tgt, context, support)
     latency = estimate_latency(graph, tgt, n_threads, set(support.delegated) if support.delegated is not None else None)
-    notes = list(support.notes)
+    notes = list(support.notes) + notes
     runtime_info: dict = {}
     if tgt.runtime.name == "tflm":
         from workbench.runtimes.tflm import tflm_version
 
         runtime_info["tflite_micro"] = tflm_version()
-        if mem is not None:
+        if mem.arena_bytes is not None and fw is None:
             notes.append("The arena is measured with the host (64-bit) TFLite Micro build and its recording allocator; "
                          "a 32-bit MCU build needs the same or a little less.")
     elif context.get("litert") and "error" not in context["litert"]:
         lm = context["litert"]
         runtime_info.update({"module": lm.get("module"), "version": lm.get("version"),
                              "delegated_ops": len(lm.get("delegated") or []), "xnnpack_partitions": lm.get("partitions")})
-    accuracy = None
-    if eval_data is not None and support.supported:
-        accuracy = _accuracy(handle, tgt, n_threads, eval_data, reference, eval_samples)
+    if eval_data is not None and support.supported and accuracy is None:
+        accuracy = _accuracy(handle, tgt, n_threads, eval_data, reference, eval_samples, metric=metric)
     return TargetReport(target=tgt, model=str(path), model_bytes=path.stat().st_size, model_sha256=sha256_file(path),
                         memory=mem, latency=latency, unsupported_ops=support.unsupported, notes=tuple(notes),
-                        accuracy=accuracy, runtime=runtime_info)
+                        accuracy=accuracy, runtime=runtime_info, firmware=fw)
 
 
-def _accuracy(handle, target: Target, threads: int, eval_data, reference, eval_samples) -> dict:
+def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | None, tflm_dir, eval_data, reference,
+                 eval_samples, notes: list[str], metric: str | None = None):
+    """(firmware report or None, accuracy or None, support): the firmware run when it can and should happen.
+
+    A model the firmware cannot build (an op the TFLM tree lacks) or run (a kernel that
+    aborts) becomes an unsupported op of the report, so the verdict still comes."""
+    if tgt.runtime.name != "tflm" or firmware is False or not support.supported:
+        return None, None, support
+    from workbench.emulate.firmware import firmware_support
+
+    why_not = None if firmware else firmware_support(tgt, tflm_dir=tflm_dir)
+    if why_not is not None:
+        notes.append(f"Not run on firmware ({why_not}): flash, RAM and latency are the documented estimates. "
+                     "`workbench firmware setup` and the install line in the README give the real firmware.")
+        return None, None, support
+    from workbench.emulate.firmware import run_firmware
+    from workbench.emulate.on_firmware import FirmwareRunner
+
+    try:
+        if eval_data is None:
+            return run_firmware(handle.path, tgt, tflm_dir=tflm_dir), None, support
+        runner = FirmwareRunner(handle, tgt, tflm_dir)
+        accuracy = _accuracy(handle, tgt, 1, eval_data, reference, eval_samples, runner=runner, metric=metric)
+        if runner.last is not None:
+            from workbench.emulate.on_firmware import lsb_agreement
+
+            accuracy["vs_litert"] = lsb_agreement(handle, *runner.last)
+        return runner.report, accuracy, support
+    except (UnsupportedError, RuntimeFailure) as exc:
+        problem = getattr(exc, "problem", None) or {"kind": "firmware_failure", "message": exc.message}
+        if exc.hint:
+            problem = {**problem, "hint": exc.hint}
+        notes.append(f"The firmware could not be built or run: {exc.message}")
+        return None, None, compat.Compat(unsupported=(problem,), delegated=support.delegated, notes=support.notes)
+
+
+def _memory(path: Path, graph, tgt: Target, context: dict, support: compat.Compat):
+    """Flash and RAM, and the op support updated with what the runtime itself found.
+
+    Whatever stops the runtime (an op without a kernel, a kernel that aborts while running),
+    the flash is still known, so the verdict is always given; the RAM is measured where
+    allocation still succeeds (a failure in invoke) and unknown otherwise, with the reason."""
+    if not support.supported:
+        return memory.flash_only(path, tgt, "the runtime cannot load the model: " + support.unsupported[0]["message"]), support
+    try:
+        return memory.measure(path, graph, tgt, context), support
+    except (UnsupportedError, RuntimeFailure) as exc:  # found by the runtime itself
+        problem = getattr(exc, "problem", None)
+        if problem is None and isinstance(exc, UnsupportedError):
+            raise
+        problem = problem or {"kind": "runtime_failure", "message": exc.message}
+        problem = {**problem, "detail": exc.message}
+        if exc.hint:
+            problem["hint"] = exc.hint
+        support = compat.Compat(unsupported=(problem,), delegated=support.delegated, notes=support.notes)
+        arena = getattr(exc, "arena_bytes", None)
+        if arena is not None and tgt.runtime.name == "tflm":
+            return memory.tflm_with_arena(path, tgt, arena, "smallest arena with which the host TFLM build allocates "
+                                          "(it fails in invoke, so allocation alone was measured)"), support
+        return memory.flash_only(path, tgt, exc.message), support
+
+
+def _accuracy(handle, target: Target, threads: int, eval_data, reference, eval_samples, runner=None, metric=None) -> dict:
     from workbench.data import Dataset, open_data
     from workbench.evaluate.compare import compare_runners, predict
     from workbench.runtimes import open_runner
@@ -98,21 +172,25 @@ def _accuracy(handle, target: Target, threads: int, eval_data, reference, eval_s
     data = eval_data if isinstance(eval_data, Dataset) else open_data(str(eval_data), split="test", limit=eval_samples)
     if eval_samples and isinstance(eval_data, Dataset) and len(data) > eval_samples:
         data = data.take(eval_samples, seed=0)
-    cand = TARGET_RUNNERS.get(target.runtime.name)(handle, target, threads)
+    cand = runner or TARGET_RUNNERS.get(target.runtime.name)(handle, target, threads)
     try:
         if reference is not None:
             ref = open_runner(reference)
             try:
                 comp = compare_runners(ref, cand, data, ref_name=str(getattr(reference, "path", reference)),
-                                       cand_name=f"{handle.path} on {target.name}")
+                                       cand_name=f"{handle.path} on {target.name}", metric=metric)
             finally:
                 ref.close()
             return comp.to_dict()
         y = predict(cand, data, str(handle.path))
         out = {"candidate": f"{handle.path} on {target.name}", "data": data.name, "samples": int(len(data)),
                "candidate_runtime": cand.info()}
-        if data.y is not None and y.reshape(len(y), -1).shape[1] > 1:
-            out["accuracy"] = float((y.reshape(len(y), -1).argmax(1) == data.y).mean())
+        from workbench.data.dataset import fit_to_input
+        from workbench.evaluate.metrics import model_metric
+
+        spec = cand.inputs[0]
+        x = fit_to_input(data.x, spec.shape, spec.layout, data.name, str(handle.path))
+        out.update(model_metric(y, x, data.y, metric))
         return out
     finally:
         cand.close()

@@ -54,6 +54,39 @@ class RuntimeSpec:
     package: str = ""  # the Python package that emulates it on this machine
 
 
+NPU_FAMILIES = ("ethos-u",)
+NPU_ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512",
+                    "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048")
+
+
+@dataclass(frozen=True)
+class NpuSpec:
+    """The board's NPU as its compiler (Vela, for Arm Ethos-U) sees it.
+
+    ``system_config`` and ``memory_mode`` name sections of Vela's own ``Arm/vela.ini``;
+    ``clock_mhz`` replaces that system config's ``core_clock`` with the board's NPU clock.
+    ``sram_bytes``: the SRAM the NPU's tensor arena may use (the fit check); ``flash_bytes``:
+    where the compiled model's weights and command stream live (None: the board's flash)."""
+
+    family: str  # ethos-u
+    accelerator: str  # Vela's --accelerator-config, e.g. ethos-u55-128
+    system_config: str
+    memory_mode: str
+    clock_mhz: float
+    sram_bytes: int
+    flash_bytes: int | None = None
+    arena_cache_size: int | None = None  # Dedicated_Sram memory modes: the SRAM cache Vela may use
+
+    @property
+    def clock_hz(self) -> float:
+        return self.clock_mhz * 1e6
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "accelerator": self.accelerator, "system_config": self.system_config,
+                "memory_mode": self.memory_mode, "clock_mhz": self.clock_mhz, "sram_bytes": self.sram_bytes,
+                "flash_bytes": self.flash_bytes, "arena_cache_size": self.arena_cache_size}
+
+
 @dataclass(frozen=True)
 class Source:
     fact: str
@@ -75,6 +108,7 @@ class Target:
     cost: CostModel
     sources: tuple[Source, ...]
     assumptions: tuple[str, ...] = ()
+    npu: NpuSpec | None = None  # a board with an NPU: emulate compiles the model for it (workbench.emulate.npu)
     path: str = ""
 
     def __post_init__(self):
@@ -109,6 +143,7 @@ class Target:
                      "calibration": self.cost.calibration},
             "sources": [{"fact": s.fact, "url": s.url} for s in self.sources],
             "assumptions": list(self.assumptions),
+            **({"npu": self.npu.to_dict()} if self.npu is not None else {}),
             "path": self.path,
         }
 
@@ -217,6 +252,7 @@ def target_from_dict(d: dict, where: str) -> Target:
     assumptions = d.get("assumptions") or []
     if not isinstance(assumptions, list) or not all(isinstance(a, str) for a in assumptions):
         raise r.fail("assumptions", "a list of strings", assumptions)
+    npu = _npu(r, d["npu"]) if d.get("npu") is not None else None
     flash = d.get("flash_bytes", _MISSING)
     if flash is _MISSING:
         raise r.fail("flash_bytes", "a positive whole number, or null for external storage", _MISSING)
@@ -236,8 +272,34 @@ def target_from_dict(d: dict, where: str) -> Target:
         cost=cost,
         sources=tuple(sources),
         assumptions=tuple(assumptions),
+        npu=npu,
         path=where,
     )
+
+
+_NPU_FIELDS = ("family", "accelerator", "system_config", "memory_mode", "clock_mhz", "sram_bytes", "flash_bytes",
+               "arena_cache_size")
+
+
+def _npu(r: _Reader, n) -> NpuSpec:
+    if not isinstance(n, dict):
+        raise r.fail("npu", "a mapping (family, accelerator, system_config, memory_mode, clock_mhz, sram_bytes)", n)
+    unknown = sorted(set(n) - set(_NPU_FIELDS))
+    if unknown:
+        raise ConfigError(f"Target file '{r.where}': unknown field 'npu.{unknown[0]}'. Known fields: {', '.join(_NPU_FIELDS)}.")
+    family = r.get(n, "family", "npu.", "str")
+    if family not in NPU_FAMILIES:
+        raise r.fail("npu.family", "one of " + ", ".join(NPU_FAMILIES), family)
+    acc = r.get(n, "accelerator", "npu.", "str")
+    if acc not in NPU_ACCELERATORS:
+        raise r.fail("npu.accelerator", "one of " + ", ".join(NPU_ACCELERATORS), acc)
+    return NpuSpec(family=family, accelerator=acc,
+                   system_config=r.get(n, "system_config", "npu.", "str"),
+                   memory_mode=r.get(n, "memory_mode", "npu.", "str"),
+                   clock_mhz=r.get(n, "clock_mhz", "npu.", "pos_number"),
+                   sram_bytes=r.get(n, "sram_bytes", "npu.", "pos_int"),
+                   flash_bytes=r.get(n, "flash_bytes", "npu.", "pos_int", required=False),
+                   arena_cache_size=r.get(n, "arena_cache_size", "npu.", "pos_int", required=False))
 
 
 def load_target_file(path: str | Path) -> Target:

@@ -122,7 +122,7 @@ def diagnose(handle: ModelHandle, calib: Dataset, *, scheme: str = "int8", sampl
             v = {"bytes": path.stat().st_size}
             if eval_data is not None:
                 m = evaluate_models(handle, path, eval_data).metrics
-                v.update({k: m.get(k) for k in ("accuracy", "accuracy_drop", "argmax_agreement", "sqnr_db")})
+                v.update({k: m.get(k) for k in ("accuracy", "accuracy_drop_pp", "argmax_agreement", "sqnr_db")})
             result["variants"][name] = v
         if out is not None:
             convert_model(handle, "tflite", out, scheme=scheme, keep_float=tuple(chosen), overwrite=overwrite, calib=calib,

@@ -28,6 +28,21 @@ def library_versions(names=VERSIONED) -> dict:
     return out
 
 
+def source_bytes(path: Path) -> int | None:
+    """A source file's size; an .onnx file's with its external data files (model.onnx.data)."""
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".onnx":
+        from workbench.core.errors import WorkbenchError
+        from workbench.frontends.onnx_reader import model_files
+
+        try:
+            return sum(f.stat().st_size for f in model_files(path))
+        except WorkbenchError:
+            pass
+    return path.stat().st_size
+
+
 @dataclass(frozen=True)
 class Artifact:
     path: Path
@@ -56,7 +71,7 @@ class Artifact:
             "artifact": {"path": self.path.name, "format": self.format, "bytes": self.bytes, "sha256": self.sha256},
             "source": None if self.source is None else {
                 "path": self.source.name, "sha256": sha256_file(self.source),
-                "bytes": self.source.stat().st_size if self.source.is_file() else None},
+                "bytes": source_bytes(self.source)},
             "config": self.config,
             "metrics": self.metrics,
             **self.extra,

@@ -20,14 +20,16 @@ def as_handle(model, options: LoadOptions | None = None) -> ModelHandle:
 def convert_model(model, fmt: str, out: str | Path, *, scheme: str = "float", calib=None, calib_samples: int = 200,
                   io_dtype: str | None = None, per_channel: bool = True, calibrator: str = "minmax",
                   keep_float: tuple[str, ...] = (), seed: int = 0, overwrite: bool = False,
-                  load_options: LoadOptions | None = None, write_manifest: bool = True, **export_options):
+                  load_options: LoadOptions | None = None, write_manifest: bool = True, int16_layers: tuple[str, ...] = (),
+                  **export_options):
     """Export (and quantize) a model. ``calib`` is a data spec ("digits:train", "calib.npz", a
     folder...) or a Dataset. Returns the Artifact; its manifest is written beside it."""
     from workbench.export.engine import convert
 
     handle = as_handle(model, load_options)
     cfg = QuantConfig(scheme=scheme, io_dtype=io_dtype, per_channel=per_channel, calibrator=calibrator,
-                      calib_samples=calib_samples, keep_float=tuple(keep_float), seed=seed)
+                      calib_samples=calib_samples, keep_float=tuple(keep_float), seed=seed,
+                      int16_layers=tuple(int16_layers))
     data = as_dataset(calib, "train") if cfg.needs_calibration else None
     art = convert(handle, fmt, out, cfg, calib=data, overwrite=overwrite, **export_options)
     if write_manifest:
@@ -35,12 +37,33 @@ def convert_model(model, fmt: str, out: str | Path, *, scheme: str = "float", ca
     return art
 
 
+def check_convert(model, fmt: str, *, scheme: str = "float", io_dtype: str | None = None, per_channel: bool = True,
+                  calibrator: str = "minmax", keep_float: tuple[str, ...] = (), load_options: LoadOptions | None = None,
+                  int16_layers: tuple[str, ...] = (), **_ignored) -> ModelHandle:
+    """What can be refused before any work starts (a scheme the path lacks, a TorchScript file that cannot be
+    traced, an unknown input shape): raises the error convert_model would raise later. Returns the handle."""
+    from workbench.core.errors import ConfigError
+    from workbench.export.engine import validate
+
+    handle = as_handle(model, load_options)
+    cfg = QuantConfig(scheme=scheme, io_dtype=io_dtype, per_channel=per_channel, calibrator=calibrator,
+                      keep_float=tuple(keep_float), int16_layers=tuple(int16_layers))
+    validate(handle, fmt, cfg)
+    if handle.format != "tflite" and (not handle.inputs or handle.inputs[0].shape is None):
+        raise ConfigError(f"The input shape of '{handle.path}' is unknown.", hint="Pass --input-shape, batch first (e.g. 1,1,28,28).")
+    return handle
+
+
 def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_options: LoadOptions | None = None,
                 overwrite: bool = False, target: str | None = None, name: str | None = None, layout: str = "plain",
                 lang: str = "cpp", labels=None, section: str | None = None, force: bool = False,
-                assess: Callable[[Path], dict] | None = None, **quant):
+                assess: Callable[[Path], dict] | None = None, verify: Callable[[Path, object], dict] | None = None,
+                strip: str = "portable", **quant):
     """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
-    ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`)."""
+    ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`);
+    ``verify(tflite_path, artifact)`` checks the written project (it builds and runs it) and its
+    result joins the manifest's metrics as ``verify``. ``strip``: "portable" (the default), "tflm" or "none"
+    (see :data:`~workbench.export.tflm_facts.STRIP_LEVELS`); the sources hold the stripped model."""
     import tempfile
 
     from workbench.core.files import check_input_file, check_output
@@ -57,6 +80,29 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             src = Path(tmp) / (Path(handle.path).stem + ".tflite")
             quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
             convert_model(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
-        return write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
-                                  labels=label_list, section=section, force=force, overwrite=overwrite,
-                                  assess=assess)
+        art = write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
+                                 labels=label_list, section=section, force=force, overwrite=overwrite,
+                                 assess=assess, strip=strip)
+        if verify is not None:
+            deployed = Path(src)
+            if strip != "none":  # the firmware is built from the bytes the sources hold
+                from workbench.export.strip import strip_tflite
+
+                deployed = Path(tmp) / "deployed" / Path(src).name
+                deployed.parent.mkdir()
+                deployed.write_bytes(strip_tflite(Path(src).read_bytes(), Path(src).name, strip)[0])
+            art = _record(art, "verify", verify(deployed, art))
+        return art
+
+
+def _record(art, key: str, value: dict):
+    """The artifact with ``value`` added to its metrics, and to the manifest already written beside it."""
+    import json
+
+    from workbench.core.files import write_json_atomic
+
+    art = art.with_metrics(**{key: value})
+    manifest = json.loads(art.manifest_path.read_text(encoding="utf-8"))
+    manifest.setdefault("metrics", {})[key] = value
+    write_json_atomic(art.manifest_path, manifest)
+    return art

@@ -116,7 +116,8 @@ def convert_bytes(job: ExportJob) -> tuple[bytes, dict]:
             error = exc
     if error is not None:
         raise RuntimeFailure(_converter_message(job, error, cap.text),
-                             hint="Try another --scheme, or keep the failing layer in float with --keep-float.")
+                             hint="Try another --scheme, or keep the failing layer in float with --keep-float. "
+                                  "--debug shows the converter's traceback.") from error
     return data, recipe
 
 
@@ -133,6 +134,60 @@ def run(job: ExportJob) -> dict:
     return recipe
 
 
+RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+
+
+def layer_types(handle) -> list[str]:
+    """The model's layer classes (nested models flattened), in first-seen order."""
+    seen: list[str] = []
+
+    def walk(layer):
+        subs = getattr(layer, "layers", None)
+        if subs:
+            for sub in subs:
+                walk(sub)
+        inner = getattr(layer, "layer", None) or getattr(layer, "forward_layer", None)
+        name = type(layer).__name__
+        if name not in seen and name != "InputLayer" and not subs:
+            seen.append(name)
+        if inner is not None and type(inner).__name__ not in seen:
+            seen.append(type(inner).__name__)
+
+    if handle.obj is not None and hasattr(handle.obj, "layers"):
+        walk(handle.obj)
+    return seen
+
+
+def at_risk(handle, cfg) -> bool:
+    """TensorFlow's int8/int16x8 calibrator segfaults on fused recurrent layers (a Keras 3 LSTM, measured):
+    such conversions run in a child process (workbench.core.isolate)."""
+    return cfg.needs_calibration and any(k in RECURRENT for k in layer_types(handle))
+
+
+def explain_crash(job: ExportJob, err):
+    """What the crash was in, in the user's terms, and what to try (what was checked, not guessed)."""
+    stack = err.stack.lower()
+    calibrating = any(k in stack for k in ("calibrat", "_feed_tensors", "representative"))
+    step = "calibration (TensorFlow's calibrator running the representative data)" if calibrating else "conversion"
+    kinds = layer_types(job.handle)
+    rec = [k for k in kinds if k in RECURRENT]
+    scheme = job.config.scheme
+    tries = []
+    if scheme in ("int8", "int16x8"):
+        tries.append("--scheme dynamic (int8 weights, float activations: no calibration step)")
+    if rec:
+        tries.append(f"rebuild the {'/'.join(rec)} layer(s) with unroll=True (a fixed sequence length: plain ops "
+                     "instead of a fused sequence op) and save again")
+    tries.append("--scheme float to check the float conversion alone")
+    return type(err)(
+        f"TensorFlow's TFLite converter crashed ({err.signal_name}) during {step} of '{job.handle.path}' "
+        f"({scheme}); the model's layer types: {', '.join(kinds) or 'unknown'}"
+        + (f". TensorFlow fuses {', '.join(rec)} layers into sequence ops (a known crash of its int8 calibrator); "
+           "--keep-float does not avoid it, the calibrator still runs." if rec and calibrating else "."),
+        hint="Try: " + "; or ".join(tries) + ".", phase=step, signal_name=err.signal_name, stack=err.stack, log=err.log)
+
+
 EXPORTERS.add(("keras", "tflite"), Exporter(run=run, schemes=("float", "fp16", "dynamic", "int8", "int16x8"),
                                             calibrators=("minmax",), per_tensor=True, keep_float=True,
+                                            isolate=at_risk, on_crash=explain_crash,
                                             note="TFLite's converter calibrates with min/max only; percentile and entropy are available for --format onnx."))

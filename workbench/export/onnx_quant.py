@@ -109,7 +109,8 @@ def quantize_onnx(src: Path, out: Path, cfg, calib: np.ndarray | None, tmp: Path
         raise
     except Exception as exc:
         msg = str(exc).strip().splitlines()
-        raise RuntimeFailure(f"ONNX Runtime's quantizer failed ({cfg.scheme}): {(msg[0] if msg else type(exc).__name__)[:400]}") from None
+        raise RuntimeFailure(f"ONNX Runtime's quantizer failed ({cfg.scheme}): {(msg[0] if msg else type(exc).__name__)[:400]}",
+                             hint="--debug shows the quantizer's traceback.") from exc
     return recipe
 
 
@@ -149,12 +150,40 @@ def to_ort_format(src: Path, out: Path) -> dict:
     return {"ort_format": {"optimization": "basic", "runtime": ort.__version__}}
 
 
+PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model must stay under 2 GB
+
+
+def single_file(src: Path, out: Path) -> bool:
+    """Write ``src`` with its external data (model.onnx + model.onnx.data, what torch.onnx.export
+    writes) to ``out`` as one self-contained file. Returns False when ``src`` has no external data."""
+    from workbench.core.errors import UnsupportedError
+    from workbench.frontends.onnx_reader import model_files
+
+    files = model_files(src)
+    if len(files) == 1:
+        return False
+    total = sum(f.stat().st_size for f in files)
+    if total >= PROTOBUF_LIMIT:
+        raise UnsupportedError(f"'{src}' with its external data is {total / 2**30:.1f} GiB; a single ONNX file is "
+                               "limited to 2 GiB, and this tool writes single files.",
+                               hint="Quantize it with onnxruntime.quantization directly (use_external_data_format=True).")
+    import onnx
+
+    onnx.save(onnx.load(str(src), load_external_data=True), str(out))
+    return True
+
+
 def run_onnx_to_onnx(job: ExportJob) -> dict:
     if job.config.scheme == "float":
+        if single_file(job.handle.path, job.out):
+            return {"copied": True, "external_data_inlined": True}
         shutil.copyfile(job.handle.path, job.out)
         return {"copied": True}
     with tempfile.TemporaryDirectory(prefix="workbench-onnx-") as tmp:
-        return quantize_onnx(job.handle.path, job.out, job.config, job.calib, Path(tmp))
+        src = Path(tmp) / "source.onnx"
+        inlined = single_file(job.handle.path, src)
+        recipe = quantize_onnx(src if inlined else job.handle.path, job.out, job.config, job.calib, Path(tmp))
+        return {**recipe, **({"external_data_inlined": True} if inlined else {})}
 
 
 def ort_from(run_onnx):

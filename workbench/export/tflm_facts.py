@@ -80,12 +80,16 @@ class TflmOptions:
     force: bool = False
     overwrite: bool = False
     arena_bytes: int | None = None
+    strip: str = "none"  # one of STRIP_LEVELS
 
     def __post_init__(self):
         from workbench.export.tflm_render import LANGS, LAYOUTS
 
         LAYOUTS.get(self.layout)
         LANGS.get(self.lang)
+        if self.strip not in STRIP_LEVELS:
+            raise ConfigError(f"strip must be one of {', '.join(STRIP_LEVELS)}, got {self.strip!r}.",
+                              hint="; ".join(f"{k}: {v}" for k, v in STRIP_LEVELS.items()))
         if self.section is not None and not _SECTION_RE.fullmatch(self.section):
             raise ConfigError(
                 f"Section name {comment_text(self.section)!r} is not a linker section name.",
@@ -98,7 +102,16 @@ class TflmOptions:
     def to_dict(self) -> dict:
         return {"name": self.name, "target": self.target, "layout": self.layout, "lang": self.lang,
                 "labels": list(self.labels) if self.labels is not None else None, "section": self.section,
-                "force": self.force, "arena_bytes": self.arena_bytes}
+                "force": self.force, "arena_bytes": self.arena_bytes, "strip": self.strip}
+
+
+STRIP_LEVELS = {
+    "none": "the model bytes as given (tensor names kept: they help debugging)",
+    "portable": "without what TFLM and LiteRT never read (names, signatures, unread metadata, unused and duplicate "
+                "buffers); bit-identical in both",
+    "tflm": "portable, and per-channel zero-point tables of one repeated value cut to one entry (TFLM broadcasts it; "
+            "LiteRT refuses such a model); bit-identical in TFLM",
+}
 
 
 # dtype -> (C++ type, C type). Tensor types TFLite Micro can hand to an application.

@@ -67,8 +67,10 @@ def _readme(facts: ModelFacts, opts: TflmOptions, lang: Lang, layout: Layout, fi
 
 
 def _target_rows(rep: dict) -> list[tuple[str, str]]:
+    measured = rep.get("method") == "firmware"
     rows = [("target", md_text(str(rep.get("target", "")))),
-            ("estimated latency", f"{rep['latency_ms']:.3g} ms" if rep.get("latency_ms") is not None else "unknown")]
+            ("latency (firmware on QEMU: instructions x fitted CPI)" if measured else "estimated latency",
+             f"{rep['latency_ms']:.3g} ms" if rep.get("latency_ms") is not None else "unknown")]
     detail = []
     for label, need_key, budget_key in (("flash", "flash_bytes", "flash_budget_bytes"),
                                         ("RAM", "ram_bytes_with_arena_margin", "ram_budget_bytes")):

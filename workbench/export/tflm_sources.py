@@ -20,6 +20,7 @@ The folder is built in a temporary folder beside ``out_dir`` and renamed into pl
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -164,6 +165,8 @@ def _check_fit(rep: dict | None, arena: ArenaPlan, force: bool, where: str) -> d
         return None
     reasons = [str(r) for r in rep.get("reasons") or ()] or _shortfalls(rep)
     fits = bool(rep.get("fits", True))
+    # arena_bytes: the arena the report's RAM counts (the exact host arena for the estimate, arena_used_bytes()
+    # + TFLM's margin on the firmware); the sources reserve arena.size instead
     ram, budget, exact = rep.get("ram_bytes"), rep.get("ram_budget_bytes"), rep.get("arena_bytes")
     if all(isinstance(v, int) for v in (ram, budget, exact)):
         with_margin = ram - exact + arena.size
@@ -197,7 +200,8 @@ def _shortfalls(rep: dict) -> list[str]:
 def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target: str | None = None,
                        layout: str = "plain", lang: str = "cpp", labels=None, section: str | None = None,
                        force: bool = False, overwrite: bool = False, arena_bytes: int | None = None,
-                       margin: ArenaMargin = ARENA_MARGIN, assess: Callable[[Path], dict] | None = None) -> Artifact:
+                       margin: ArenaMargin = ARENA_MARGIN, assess: Callable[[Path], dict] | None = None,
+                       strip: str = "none") -> Artifact:
     """Write TensorFlow Lite Micro sources for ``tflite_path`` into the folder ``out_dir``.
 
     ``labels``: class labels for output 0, as a sequence of strings or a path to a UTF-8
@@ -205,7 +209,10 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     already known (skips the measurement; the margin is still added). ``target``: a
     target profile name; with ``assess`` (a function giving the emulation report of a
     .tflite on that target as a dict, e.g. ``workbench.api.export_tflm`` passes
-    ``emulate(path, target).to_dict``) a model that does not fit raises CheckFailed unless ``force``. Returns an Artifact of format "tflm" whose manifest
+    ``emulate(path, target).to_dict``) a model that does not fit raises CheckFailed unless ``force``. ``strip``: one of
+    ``STRIP_LEVELS`` ("none" keeps the bytes given; "portable" / "tflm" write the model stripped by
+    :mod:`workbench.export.strip`, checked bit-identical, with the C comments still naming the original's
+    tensors). Returns an Artifact of format "tflm" whose manifest
     (``manifest.json`` in the folder) is already written.
     """
     src = check_input_file(tflite_path)
@@ -213,7 +220,7 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
         raise InputFileError(f"Model '{src}' is not a file.", hint="Give the path of a .tflite file.")
     opts = TflmOptions(name=name, target=target, layout=layout, lang=lang,
                        labels=None if labels is None or isinstance(labels, (str, os.PathLike)) else tuple(labels),
-                       section=section, force=force, overwrite=overwrite, arena_bytes=arena_bytes)
+                       section=section, force=force, overwrite=overwrite, arena_bytes=arena_bytes, strip=strip)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
 
@@ -229,9 +236,11 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     outputs = _io_tensors(graph, graph.outputs, where, "output")
     label_list = _labels(labels, outputs[0].elements if outputs else None, where)
     opts = replace(opts, labels=label_list)
-    measured, how = _measure_arena(src, arena_bytes)
-    arena = margin.plan(measured, how)
-    report = _check_fit(_target_report(src, target, assess), arena, force, where)
+    with _deployed(src, data, strip) as (deployed, stripped):
+        data = deployed.read_bytes()
+        measured, how = _measure_arena(deployed, arena_bytes)
+        arena = margin.plan(measured, how)
+        report = _check_fit(_target_report(deployed, target, assess), arena, force, where)
 
     facts = ModelFacts(name=c_name, name_note=note, source_name=src.name, data=data, sha256=sha256_bytes(data),
                        description=str(graph.meta.get("description", "")), ops=ops, inputs=inputs, outputs=outputs,
@@ -240,9 +249,11 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     metrics = {"model_bytes": facts.size, "arena_bytes": arena.size, "arena_measured_bytes": arena.measured,
                "arena_margin_bytes": arena.margin, "arena_measured_by": how, "op_count": len(ops),
                "ops": [op.kind for op in ops]}
+    if stripped is not None:
+        metrics["strip"] = stripped
     if report is not None:
         metrics.update({k: report.get(k) for k in ("target", "latency_ms", "fits", "flash_bytes", "ram_bytes",
-                                                   "ram_bytes_with_arena_margin")})
+                                                   "ram_bytes_with_arena_margin", "method")})
     config = {"format": "tflm", **opts.to_dict(), "c_name": c_name, "arena_margin": {
         "fraction": margin.fraction, "minimum": margin.minimum, "reason": margin.reason}}
 
@@ -258,6 +269,25 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
         manifest["artifact"]["path"] = out.name
         write_json_atomic(tmp / "manifest.json", manifest)
     return replace(artifact, path=out)
+
+
+@contextmanager
+def _deployed(src: Path, data: bytes, level: str):
+    """(path of the model the sources hold, strip report or None): the stripped model in a temporary
+    folder, checked bit-identical to ``src``, or ``src`` itself for level "none"."""
+    if level == "none":
+        yield src, None
+        return
+    import tempfile
+
+    from workbench.export.strip import RUNTIMES, strip_tflite, verify_identical
+
+    out, rep = strip_tflite(data, src.name, level)
+    with tempfile.TemporaryDirectory(prefix="workbench-strip-") as tmp:
+        path = Path(tmp) / src.name
+        path.write_bytes(out)
+        checked = verify_identical(src, path, runtimes=RUNTIMES[level])
+        yield path, {**rep.to_dict(), "level": level, "verify": checked}
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:

@@ -13,14 +13,25 @@ def import_litert_torch():
     return import_quietly("torch", "litert_torch", extra="torch", purpose="Converting PyTorch models to TFLite")
 
 
+def refuse_torchscript(handle: ModelHandle) -> None:
+    """Checked before any work starts (Exporter.precheck): TorchScript cannot go through torch.export."""
+    if handle.format == "torchscript":
+        raise UnsupportedError(
+            f"'{handle.path}' is TorchScript: torch.export, which litert-torch and the ONNX exporter use, cannot trace a "
+            "ScriptModule, so this file cannot be converted.",
+            hint="From the original Python module, save an ExportedProgram: torch.export.save(torch.export.export(model, "
+            "(example,)), 'model.pt2'); or export ONNX (torch.onnx.export) and quantize that with --format onnx; "
+            "or save its state_dict and pass --factory.",
+        )
+
+
 def traceable(handle: ModelHandle):
     torch = import_torch()
     model = handle.obj
+    refuse_torchscript(handle)
     if isinstance(model, torch.jit.ScriptModule):
-        raise UnsupportedError(
-            f"'{handle.path}' is TorchScript, which torch.export (used by litert-torch and the ONNX exporter) cannot trace.",
-            hint="Export from the Python model instead: a state_dict with --factory, or an ExportedProgram (.pt2).",
-        )
+        raise UnsupportedError(f"'{handle.path}' holds a TorchScript module, which torch.export cannot trace.",
+                               hint="Save an ExportedProgram (.pt2) from the original module instead.")
     if not handle.inputs or handle.inputs[0].shape is None or None in handle.inputs[0].shape:
         raise ConfigError(f"The input shape of '{handle.path}' is unknown.", hint="Pass --input-shape, batch first (e.g. 1,1,28,28).")
     eval_mode(model)

@@ -9,12 +9,15 @@ from workbench.core.errors import RuntimeFailure
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, ort_from, quantize_onnx
 from workbench.export.torch_common import traceable
+from workbench.export.torchscript_onnx import export_torchscript_onnx, precheck_onnx
 from workbench.core.quiet import captured_output
 
 OPSET = 18
 
 
 def export_float_onnx(job: ExportJob, out: Path) -> dict:
+    if job.handle.format == "torchscript":  # torch.export cannot trace it: the TorchScript exporter, parity-checked
+        return export_torchscript_onnx(job, out)
     torch, model, sample = traceable(job.handle)
     try:
         with captured_output():
@@ -37,5 +40,5 @@ def run_onnx(job: ExportJob) -> dict:
     return recipe
 
 
-EXPORTERS.add(("torch", "onnx"), Exporter(run=run_onnx, **ONNX_EXPORTER_SETTINGS))
-EXPORTERS.add(("torch", "ort"), Exporter(run=ort_from(run_onnx), **ONNX_EXPORTER_SETTINGS))
+EXPORTERS.add(("torch", "onnx"), Exporter(run=run_onnx, precheck=precheck_onnx, **ONNX_EXPORTER_SETTINGS))
+EXPORTERS.add(("torch", "ort"), Exporter(run=ort_from(run_onnx), precheck=precheck_onnx, **ONNX_EXPORTER_SETTINGS))

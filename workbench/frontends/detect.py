@@ -11,6 +11,7 @@ from pathlib import Path
 
 from workbench.core.errors import ModelFormatError
 from workbench.core.files import check_input_file
+from workbench.frontends.protobuf_wire import read_varint
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -25,6 +26,7 @@ FORMATS = {
     "exported_program": "PyTorch ExportedProgram (.pt2, torch.export.save)",
     "state_dict": "PyTorch checkpoint (torch.save zip)",
     "pickle": "Python pickle (legacy torch.save)",
+    "frozen_graph": "TensorFlow 1.x frozen graph (.pb holding a GraphDef)",
 }
 
 
@@ -49,6 +51,11 @@ def detect_format(path: str | Path) -> str:
         return _detect_zip(p)
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "pickle"
+    if looks_like_graphdef(head):
+        return "frozen_graph"
+    if _is_saved_model_proto(p, head):
+        raise ModelFormatError(f"'{p}' is the saved_model.pb of a TensorFlow SavedModel, not a model file on its own.",
+                               hint=f"Pass the SavedModel folder ('{p.parent}'), with its variables/ folder beside it.")
     if _looks_like_onnx(head, p):
         return "onnx"
     raise ModelFormatError(
@@ -90,3 +97,30 @@ def _looks_like_onnx(head: bytes, p: Path) -> bool:
     if head[0] == 0x08 and len(head) > 1 and 1 <= head[1] <= 20:
         return True
     return p.suffix.lower() == ".onnx" and head[0] in (0x08, 0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42)
+
+
+def looks_like_graphdef(head: bytes) -> bool:
+    """A GraphDef starts with its first node (field 1, length-delimited: 0x0a), whose first field is the
+    node's name (0x0a again). An ONNX ModelProto's field 1 is a varint (0x08) and a SavedModel starts with
+    its schema version (0x08 too), so neither matches."""
+    if len(head) < 4 or head[0] != 0x0A:
+        return False
+    try:
+        _, pos = read_varint(memoryview(head), 1)
+    except ValueError:
+        return False
+    return pos < len(head) and head[pos] == 0x0A
+
+
+def _is_saved_model_proto(p: Path, head: bytes) -> bool:
+    """A SavedModel proto: schema version (field 1, varint) then MetaGraphDefs (field 2), and nothing else.
+    An ONNX ModelProto also starts with a varint field 1 (ir_version) but always has a graph (field 7)."""
+    from workbench.frontends import protobuf_wire as pw
+
+    if head[:1] != b"\x08" or p.stat().st_size > 2**31:
+        return False
+    try:
+        seen = {f for f, _, _ in pw.fields(p.read_bytes())}
+    except ValueError:
+        return False
+    return 2 in seen and seen <= {1, 2}

@@ -26,6 +26,7 @@ class Tensor:
     const: bool = False
     scale: tuple = ()  # quantization scales (one per channel or one)
     zero_point: tuple = ()
+    buffer: int = -1  # the .tflite buffer holding a constant's data (subgraphs may share one); -1 otherwise
 
     @property
     def elements(self) -> int | None:
@@ -55,6 +56,8 @@ class Op:
     name: str = ""  # the layer it came from, where the format records one
     options: dict = field(default_factory=dict)
     custom: bool = False
+    subgraph: int = 0  # .tflite: the subgraph holding the op (WHILE bodies, IF branches follow subgraph 0's ops)
+    repeat: int = 1  # how often the op runs per inference (a loop body's ops: the loop's trip count)
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,22 @@ class Graph:
     def tensor(self, i: int) -> Tensor | None:
         return self.tensors[i] if 0 <= i < len(self.tensors) else None
 
+    def constants(self) -> list[Tensor]:
+        """Constant tensors, each stored buffer once (subgraphs of a .tflite may share a buffer)."""
+        seen, out = set(), []
+        for t in self.tensors:
+            if t.const and (t.buffer < 0 or t.buffer not in seen):
+                seen.add(t.buffer)
+                out.append(t)
+        return out
+
     @property
     def parameters(self) -> int:
-        return sum(t.elements or 0 for t in self.tensors if t.const)
+        return sum(t.elements or 0 for t in self.constants())
 
     @property
     def weight_bytes(self) -> int:
-        return sum(t.nbytes or 0 for t in self.tensors if t.const)
+        return sum(t.nbytes or 0 for t in self.constants())
 
     def op_kinds(self) -> list[str]:
         seen: list[str] = []
@@ -94,11 +106,12 @@ class Graph:
         return t.dtype if t else "float32"
 
     def macs(self, op: Op) -> int:
+        """MACs of ``op`` per inference: one execution's times ``op.repeat`` (a loop body's trip count)."""
         fn = MAC_RULES.get(op.kind)
         if fn is None:
             return 0
         try:
-            return int(fn(self, op) or 0)
+            return int(fn(self, op) or 0) * op.repeat
         except (TypeError, IndexError, ValueError, AttributeError):
             return 0
 
@@ -151,6 +164,15 @@ def _tfl_conv3d(g, op):  # filter [kd, kh, kw, Cin, Cout]
     return _out(g, op).elements * f[0] * f[1] * f[2] * f[3]
 
 
+def _tfl_sequence(g, op):
+    """UNIDIRECTIONAL/BIDIRECTIONAL_SEQUENCE_LSTM/RNN: every timestep multiplies the input and the recurrent
+    state by each 2-D weight matrix (input-to-gate [units, in], recurrent-to-gate [units, units])."""
+    x = _in(g, op, 0)
+    steps_batch = x.elements // x.shape[-1]
+    weights = [g.tensors[i] for i in op.inputs[1:] if i >= 0 and g.tensors[i].const and len(g.tensors[i].shape or ()) == 2]
+    return steps_batch * sum(math.prod(w.shape) for w in weights)
+
+
 def _pool_window(g, op):
     return _out(g, op).elements * op.options.get("filter_h", 1) * op.options.get("filter_w", 1)
 
@@ -182,6 +204,10 @@ MAC_RULES = {
     "BATCH_MATMUL": _tfl_batch_matmul,
     "TRANSPOSE_CONV": _tfl_transpose_conv,
     "CONV_3D": _tfl_conv3d,
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": _tfl_sequence,
+    "BIDIRECTIONAL_SEQUENCE_LSTM": _tfl_sequence,
+    "UNIDIRECTIONAL_SEQUENCE_RNN": _tfl_sequence,
+    "BIDIRECTIONAL_SEQUENCE_RNN": _tfl_sequence,
     "AVERAGE_POOL_2D": _pool_window,
     "MAX_POOL_2D": _pool_window,
     "Conv": _onnx_conv,

@@ -31,12 +31,18 @@ def describe(handle: ModelHandle) -> dict:
     table = LAYER_TABLES.get(handle.framework)(handle)
     layers = table.rows
     p = handle.path
-    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    files = [p]
+    if handle.format == "onnx" and handle.meta.get("graph") is not None:
+        from workbench.frontends.onnx_reader import model_files
+
+        files = model_files(p, handle.meta["graph"])  # with its external data (model.onnx.data)
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else sum(f.stat().st_size for f in files)
     return {
         "path": str(p),
         "format": handle.format,
         "framework": handle.framework,
         "file_bytes": size,
+        **({"external_data": [f.name for f in files[1:]]} if len(files) > 1 else {}),
         "sha256": sha256_file(p),
         "inputs": [s.to_dict() for s in handle.inputs],
         "outputs": [s.to_dict() for s in handle.outputs],
@@ -64,6 +70,31 @@ def _graph_rows(handle: ModelHandle) -> LayerTable:
 
 LAYER_TABLES.add("tflite", _graph_rows)
 LAYER_TABLES.add("onnx", _graph_rows)
+
+
+@LAYER_TABLES.register("tf1")
+def _graphdef_rows(handle: ModelHandle) -> LayerTable:
+    """A TF1 frozen graph, read without TensorFlow: one row per compute node (constants and the Identity
+    reads of frozen variables left out), its weights counted from the constants it reads."""
+    info = handle.meta["graphdef"]
+    nodes = info.by_name()
+
+    def const_size(name: str) -> int:
+        n = nodes.get(name.lstrip("^").split(":")[0])
+        while n is not None and n.op == "Identity" and n.inputs:
+            n = nodes.get(n.inputs[0].split(":")[0])
+        return math.prod(n.attrs["value_shape"]) if n is not None and n.op == "Const" and n.attrs.get("value_shape") is not None else 0
+
+    rows = []
+    for n in info.nodes:
+        if n.op in ("Const", "NoOp") or (n.op == "Identity" and all(const_size(i) for i in n.inputs)):
+            continue
+        shapes = n.attrs.get("_output_shapes") or [n.attrs.get("shape")]
+        rows.append({"name": n.name, "op": n.op, "shape": list(shapes[0]) if shapes and shapes[0] is not None else None,
+                     "dtype": str(n.attrs.get("T") or n.attrs.get("dtype") or ""),
+                     "params": sum(const_size(i) for i in n.inputs if not i.startswith("^")), "macs": 0})
+    return LayerTable(rows, info.parameters, "MACs are not counted for TF1 frozen graphs (read without TensorFlow, "
+                      "shapes are not propagated); outputs are the nodes nothing consumes unless --outputs names them")
 
 
 @LAYER_TABLES.register("keras")
@@ -98,18 +129,99 @@ def _flat_layers(model):
 def _keras_macs(layer, cls: str, out_shape) -> int:
     if not out_shape:
         return 0
-    out = math.prod(d for d in out_shape[1:] if d)
-    if cls in ("Conv2D", "Conv1D", "Conv3D"):
-        k = layer.kernel.shape  # (kh, kw, cin/groups, cout)
-        return out * math.prod(k[:-1])
-    if cls == "DepthwiseConv2D":
-        k = layer.kernel.shape  # (kh, kw, cin, mult)
-        return out * k[0] * k[1]
-    if cls == "SeparableConv2D":
+    fn = KERAS_MACS.get(cls)
+    if fn is None:
         return 0
-    if cls == "Dense":
-        return out * layer.kernel.shape[0]
-    return 0
+    out = math.prod(d for d in out_shape[1:] if d)
+    try:
+        return int(fn(layer, out))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return 0
+
+
+def _kernel(layer, *names):
+    """A weight by its name in Keras 3 or tf_keras (DepthwiseConv2D: depthwise_kernel in tf_keras, kernel in Keras 3)."""
+    for n in names:
+        w = getattr(layer, n, None)
+        if w is not None:
+            return tuple(int(d) for d in w.shape)
+    raise AttributeError(f"{type(layer).__name__} has none of {names}")
+
+
+def _in_shape(layer) -> tuple:
+    x = layer.input
+    x = x[0] if isinstance(x, (list, tuple)) else x
+    return tuple(x.shape)
+
+
+def _k_conv(layer, out):  # kernel (k..., cin/groups, cout): each output element sums over the kernel window
+    return out * math.prod(_kernel(layer, "kernel")[:-1])
+
+
+def _k_conv_transpose(layer, out):  # kernel (k..., cout, cin): each input element scatters into k... x cout outputs
+    k = _kernel(layer, "kernel")
+    return math.prod(d for d in _in_shape(layer)[1:] if d) * math.prod(k[:-2]) * k[-2]
+
+
+def _k_depthwise(layer, out):  # depthwise kernel (k..., cin, multiplier)
+    return out * math.prod(_kernel(layer, "depthwise_kernel", "kernel")[:-2])
+
+
+def _k_separable(layer, out):  # depthwise (k..., cin, mult) then pointwise (1..., cin*mult, cout)
+    dk = _kernel(layer, "depthwise_kernel")
+    pk = _kernel(layer, "pointwise_kernel")
+    positions = out // pk[-1]
+    return positions * dk[-2] * dk[-1] * math.prod(dk[:-2]) + out * pk[-2]
+
+
+def _k_dense(layer, out):
+    return out * _kernel(layer, "kernel")[0]
+
+
+GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def _k_recurrent(layer, out):
+    """Every timestep: gates x units x (input features + units) for the input and recurrent kernels."""
+    cell = getattr(layer, "cell", layer)
+    k = _kernel(cell, "kernel")  # (features, gates*units)
+    r = _kernel(cell, "recurrent_kernel")  # (units, gates*units)
+    steps = _in_shape(layer)[1]
+    return int(steps) * (k[0] * k[1] + r[0] * r[1])
+
+
+def _k_bidirectional(layer, out):
+    total = 0
+    for sub in (layer.forward_layer, layer.backward_layer):
+        fn = KERAS_MACS.get(type(sub).__name__)
+        total += fn(sub, out) if fn else 0
+    return total
+
+
+def _k_attention(layer, out):
+    """MultiHeadAttention: the query/key/value/output projections and the two attention matmuls."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}  # Keras 3; tf_keras keeps _query_shape...
+    q = tuple(shapes.get("query_shape") or layer._query_shape)
+    v = tuple(shapes.get("value_shape") or layer._value_shape)
+    k = tuple(shapes.get("key_shape") or getattr(layer, "_key_shape", None) or v)
+    heads, kd = layer.num_heads, layer.key_dim
+    vd = layer.value_dim or kd
+    tq, tk = math.prod(q[1:-1]), math.prod(k[1:-1])
+    proj = tq * q[-1] * heads * kd + tk * k[-1] * heads * kd + tk * v[-1] * heads * vd
+    attn = heads * tq * tk * (kd + vd)
+    return proj + attn + out * heads * vd
+
+
+KERAS_MACS = {
+    "Conv1D": _k_conv, "Conv2D": _k_conv, "Conv3D": _k_conv,
+    "Conv1DTranspose": _k_conv_transpose, "Conv2DTranspose": _k_conv_transpose, "Conv3DTranspose": _k_conv_transpose,
+    "DepthwiseConv1D": _k_depthwise, "DepthwiseConv2D": _k_depthwise,
+    "SeparableConv1D": _k_separable, "SeparableConv2D": _k_separable,
+    "Dense": _k_dense, "EinsumDense": None,
+    "LSTM": _k_recurrent, "GRU": _k_recurrent, "SimpleRNN": _k_recurrent, "Bidirectional": _k_bidirectional,
+    "MultiHeadAttention": _k_attention,
+}
+KERAS_MACS = {k: v for k, v in KERAS_MACS.items() if v is not None}
 
 
 @LAYER_TABLES.register("torch")
@@ -132,6 +244,7 @@ def _torch_rows(handle: ModelHandle) -> LayerTable:
     params = {**ep.graph_signature.inputs_to_parameters, **ep.graph_signature.inputs_to_buffers}
     state = ep.state_dict
     rows = []
+    batch = max(1, int(handle.inputs[0].shape[0] or 1))  # MACs per inference: the traced graph runs `batch` samples
     for node in ep.graph.nodes:
         if node.op != "call_function" or not hasattr(node.target, "_schema"):
             continue
@@ -140,26 +253,67 @@ def _torch_rows(handle: ModelHandle) -> LayerTable:
         if not isinstance(out, torch.Tensor):
             continue
         op = node.target._schema.name.split("::")[-1]
-        weights = [a for a in node.args if isinstance(a, torch.fx.Node) and a.name in params]
+        args = [b for a in node.args for b in (a if isinstance(a, (list, tuple)) else (a,))]  # rnn weights come as a list
+        weights = [a for a in args if isinstance(a, torch.fx.Node) and a.name in params]
         n_params = sum(int(state[params[w.name]].numel()) for w in weights if params[w.name] in state)
         stack = node.meta.get("nn_module_stack") or {}
         layer = list(stack.values())[-1][0] if stack else node.name
         rows.append({"name": layer or node.name, "op": op, "shape": list(out.shape), "dtype": str(out.dtype).replace("torch.", ""),
-                     "params": n_params, "macs": _aten_macs(op, node, out)})
+                     "params": n_params, "macs": _aten_macs(op, node, out) // batch})
     return LayerTable(rows, int(sum(v.numel() for k, v in state.items() if k in ep.graph_signature.parameters)))
 
 
+def _shape(arg) -> tuple:
+    return tuple(int(d) for d in arg.meta["val"].shape)
+
+
+def _a_conv(node, out):  # weight [Cout, Cin/groups, k...]
+    return out.numel() * math.prod(_shape(node.args[1])[1:])
+
+
+def _a_linear(node, out):  # weight [out, in]
+    return out.numel() * _shape(node.args[1])[-1]
+
+
+def _a_matmul(node, out, a_index=0):  # [..., M, K] @ [..., K, N]
+    return out.numel() * _shape(node.args[a_index])[-1]
+
+
+def _a_sdpa(node, out):  # q [..., L, E], k [..., S, E], v [..., S, Ev]: q k^T, then softmax(.) v
+    q, k, v = _shape(node.args[0]), _shape(node.args[1]), _shape(node.args[2])
+    lead = math.prod(q[:-2])
+    return lead * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+RNN_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _a_rnn(node, out, gates):
+    """aten.lstm/gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    every timestep and direction, gates x hidden x (input + hidden), summed over the weight matrices."""
+    x = _shape(node.args[0])
+    steps_batch = math.prod(x[:-1])  # batch x timesteps, either order
+    weights = [w for w in node.args[2] if len(_shape(w)) == 2]  # w_ih [gates*H, in], w_hh [gates*H, H] per layer/direction
+    return steps_batch * sum(math.prod(_shape(w)) for w in weights)
+
+
+ATEN_MACS = {
+    "convolution": _a_conv, "conv1d": _a_conv, "conv2d": _a_conv, "conv3d": _a_conv,
+    "linear": _a_linear,
+    "mm": _a_matmul, "bmm": _a_matmul, "matmul": _a_matmul,
+    "addmm": lambda node, out: _a_matmul(node, out, 1), "baddbmm": lambda node, out: _a_matmul(node, out, 1),
+    "scaled_dot_product_attention": _a_sdpa, "_scaled_dot_product_flash_attention_for_cpu": _a_sdpa,
+    "_scaled_dot_product_efficient_attention": _a_sdpa, "_scaled_dot_product_flash_attention": _a_sdpa,
+    **{k: (lambda g: lambda node, out: _a_rnn(node, out, g))(g) for k, g in RNN_GATES.items()},
+}
+
+
 def _aten_macs(op: str, node, out) -> int:
-    per_sample = out.numel() // max(1, out.shape[0]) if out.dim() else out.numel()
+    """MACs of one ATen op over the traced batch (the caller divides by the batch)."""
+    fn = ATEN_MACS.get(op)
+    if fn is None:
+        return 0
     try:
-        if op == "convolution" or op.startswith("conv"):
-            w = node.args[1].meta["val"].shape  # [Cout, Cin/groups, kh, kw]
-            return per_sample * math.prod(w[1:])
-        if op == "linear":
-            return per_sample * node.args[1].meta["val"].shape[-1]
-        if op in ("addmm", "mm", "bmm", "matmul"):
-            a = node.args[-2 if op == "addmm" else 0].meta["val"].shape
-            return per_sample * a[-1]
+        return int(fn(node, out))
     except (AttributeError, KeyError, IndexError, TypeError):
         return 0
-    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.core.errors import ModelFormatError
+from workbench.core.errors import InputFileError, ModelFormatError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
 from workbench.frontends.onnx_reader import read_onnx
@@ -31,6 +31,12 @@ def load_tflite(path: Path, opts: LoadOptions) -> ModelHandle:
 @LOADERS.register("onnx")
 def load_onnx(path: Path, opts: LoadOptions) -> ModelHandle:
     g = read_onnx(path)
+    for name in g.meta.get("external_data", ()):
+        if not (path.parent / name).is_file():
+            raise InputFileError(f"'{path}' keeps its weights in the external data file '{name}', which is not beside it "
+                                 f"(looked for '{path.parent / name}').",
+                                 hint="Copy the .onnx file together with its .data file, or re-export with "
+                                 "torch.onnx.export(..., external_data=False) for a single file.")
     return ModelHandle(path=path, format="onnx", framework="onnx", inputs=_specs(g, g.inputs),
                        outputs=_specs(g, g.outputs), meta={"graph": g})
 

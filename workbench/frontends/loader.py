@@ -16,6 +16,9 @@ class LoadOptions:
     trust_model: bool = False  # allow code execution from the file (full pickles, Keras Lambda layers)
     factory: str | None = None  # "package.module:function" building the nn.Module for a state_dict
     input_shape: tuple | None = None  # overrides what the model records (batch included)
+    # For graphs that cannot tell (TF1 frozen graphs): ((name, shape or None), ...) and (name, ...)
+    graph_inputs: tuple = ()
+    graph_outputs: tuple[str, ...] = ()
 
 
 LOADERS: Registry[Callable[[Path, LoadOptions], ModelHandle]] = Registry("model format")
@@ -27,6 +30,7 @@ def load(path: str | Path, options: LoadOptions | None = None, **kw) -> ModelHan
     fmt = detect_format(p)
     _register_builtin()
     handle = LOADERS.get(fmt)(p, opts)
+    handle.meta["load_options"] = opts  # a child process re-loads the same model (workbench.core.isolate)
     if opts.input_shape is not None and handle.inputs:
         first = handle.inputs[0]
         from dataclasses import replace
@@ -46,7 +50,7 @@ def _register_builtin() -> None:
     # framework at module level, so importing all of them stays cheap.
     global _registered
     if not _registered:
-        from workbench.frontends import keras_models, light, torch_models  # noqa: F401
+        from workbench.frontends import graphdef, keras_models, light, torch_models  # noqa: F401
 
         _registered = True
 

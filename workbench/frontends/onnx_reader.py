@@ -64,6 +64,7 @@ def _read(data: bytes, where: str) -> Graph:
             hint="Export the model with torch.onnx.export or another ONNX exporter.",
         )
     nodes, inits, ins, outs, vinfo = [], {}, [], [], {}
+    external: list[str] = []  # files holding initializer data outside the model (torch.onnx.export's .onnx.data)
     for f, w, v in pw.fields(graph_bytes):
         if w != pw.LEN:
             continue
@@ -74,6 +75,9 @@ def _read(data: bytes, where: str) -> Graph:
         elif f == 5:
             t = _tensor_proto(v)
             inits[t[0]] = t
+            loc = _external_location(v)
+            if loc and loc not in external:
+                external.append(loc)
         elif f == 11:
             ins.append(_value_info(v))
         elif f == 12:
@@ -120,6 +124,8 @@ def _read(data: bytes, where: str) -> Graph:
                       custom=bool(domain) and domain not in ("ai.onnx", "com.microsoft")))
     graph_outputs = tuple(add(name, shapes.get(name), dtypes.get(name, "float32"), False) for name, _, _ in outs)
     meta = {"ir_version": ir_version, "opsets": opsets, "producer": producer}
+    if external:
+        meta["external_data"] = tuple(external)
     return Graph(format="onnx", tensors=tuple(tensors), ops=tuple(ops), inputs=tuple(graph_inputs), outputs=graph_outputs, meta=meta)
 
 
@@ -187,6 +193,36 @@ def _tensor_proto(buf):
 
         raw = struct.pack(f"<{len(int64s)}q", *int64s)
     return name, dims, dt, raw
+
+
+def _external_location(buf) -> str | None:
+    """The 'location' of a TensorProto whose data_location is EXTERNAL, else None."""
+    location, external = None, False
+    for f, w, v in pw.fields(buf):
+        if f == 14 and w == pw.VARINT:
+            external = v == 1
+        elif f == 13 and w == pw.LEN:
+            key = val = ""
+            for f2, w2, v2 in pw.fields(v):
+                if f2 == 1 and w2 == pw.LEN:
+                    key = pw.text(v2)
+                elif f2 == 2 and w2 == pw.LEN:
+                    val = pw.text(v2)
+            if key == "location":
+                location = val
+    return location if external else None
+
+
+def model_files(path: str | Path, graph: Graph | None = None) -> list[Path]:
+    """The model file and the external data files it names (those that exist), for sizes and hashes."""
+    p = Path(path)
+    names = (graph.meta if graph is not None else read_onnx(p).meta).get("external_data", ())
+    extra = []
+    for name in names:
+        f = (p.parent / name)
+        if f.is_file() and f.resolve().parent == p.parent.resolve() and f not in extra:
+            extra.append(f)
+    return [p, *extra]
 
 
 def _value_info(buf):

@@ -88,9 +88,39 @@ def _read(data: bytes, where: str) -> Graph:
         else:
             codes.append((names.get(code, f"BUILTIN_{code}"), oc.Version(), False))
     n_buf = _check_len(model.BuffersLength(), size, "buffer")
+    # Every subgraph is read (WHILE loop bodies, IF branches): their tensors follow subgraph 0's in one
+    # index space, their ops follow its ops, and each op records how often it runs per inference.
+    tensors: list[Tensor] = []
+    ops: list[Op] = []
+    small_ints: dict[int, int] = {}  # tensor index -> value of a constant integer scalar (loop bounds)
+    n_t = 0
+    for k in range(n_sub):
+        _read_subgraph(s, model, model.Subgraphs(k), k, codes, n_buf, size, tensors, ops, small_ints)
+        n_t = n_t or len(tensors)  # subgraph 0's tensors: the model's inputs and outputs are among them
     sg = model.Subgraphs(0)
-    tensors = []
-    for t in range(_check_len(sg.TensorsLength(), size, "tensor")):
+    repeats, unknown = _repeats(ops, n_sub, small_ints)
+    if n_sub > 1:
+        from dataclasses import replace
+
+        ops = [replace(op, repeat=repeats.get(op.subgraph, 1)) for op in ops]
+    inputs = tuple(int(i) for i in sg.InputsAsNumpy()) if sg.InputsLength() else ()
+    outputs = tuple(int(i) for i in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()
+    for i in inputs + outputs:
+        if not 0 <= i < n_t:
+            raise ValueError(f"graph input/output {i} is not a tensor")
+    desc = model.Description()
+    meta = {"subgraphs": n_sub, "schema_version": model.Version(), "buffers": n_buf}
+    if unknown:
+        meta["loops_with_unknown_trip_count"] = unknown  # their bodies are counted once
+    if desc:
+        meta["description"] = desc.decode("utf-8", "replace")
+    return Graph(format="tflite", tensors=tuple(tensors), ops=tuple(ops), inputs=inputs, outputs=outputs, meta=meta)
+
+
+def _read_subgraph(s, model, sg, k: int, codes, n_buf: int, size: int, tensors: list, ops: list, small_ints: dict) -> None:
+    base = len(tensors)
+    n_local = _check_len(sg.TensorsLength(), size, "tensor")
+    for t in range(n_local):
         tt = sg.Tensors(t)
         shape = tuple(int(d) for d in tt.ShapeAsNumpy()) if tt.ShapeLength() else ()
         sig = tt.ShapeSignatureAsNumpy() if tt.ShapeSignatureLength() else None
@@ -98,9 +128,12 @@ def _read(data: bytes, where: str) -> Graph:
             shape = tuple(None if int(d_sig) < 0 else d for d, d_sig in zip(shape, sig))
         b = tt.Buffer()
         const = False
+        dtype = TENSOR_TYPES.get(tt.Type(), f"type{tt.Type()}")
         if 0 < b < n_buf:
             buf = model.Buffers(b)
             const = buf.DataLength() > 0 or buf.Size() > 0
+            if dtype in ("int32", "int64") and 0 < buf.DataLength() <= 8 and len(shape) <= 1:
+                small_ints[base + t] = int(buf.DataAsNumpy().view("<i4" if dtype == "int32" else "<i8")[0])
         q = tt.Quantization()
         scale: tuple = ()
         zp: tuple = ()
@@ -109,19 +142,9 @@ def _read(data: bytes, where: str) -> Graph:
             scale = tuple(float(x) for x in q.ScaleAsNumpy())
             zp = tuple(int(x) for x in q.ZeroPointAsNumpy()) if q.ZeroPointLength() else (0,) * len(scale)
         name = tt.Name()
-        tensors.append(
-            Tensor(
-                index=t,
-                name=name.decode("utf-8", "replace") if name else f"t{t}",
-                shape=shape,
-                dtype=TENSOR_TYPES.get(tt.Type(), f"type{tt.Type()}"),
-                const=const,
-                scale=scale,
-                zero_point=zp,
-            )
-        )
-    ops = []
-    n_t = len(tensors)
+        tensors.append(Tensor(index=base + t, name=name.decode("utf-8", "replace") if name else f"t{base + t}",
+                              shape=shape, dtype=dtype, const=const, scale=scale, zero_point=zp,
+                              buffer=b if const else -1))
     for j in range(_check_len(sg.OperatorsLength(), size, "operator")):
         o = sg.Operators(j)
         idx = o.OpcodeIndex()
@@ -131,24 +154,120 @@ def _read(data: bytes, where: str) -> Graph:
         ins = tuple(int(i) for i in o.InputsAsNumpy()) if o.InputsLength() else ()
         outs = tuple(int(i) for i in o.OutputsAsNumpy()) if o.OutputsLength() else ()
         for i in ins + outs:
-            if i >= n_t or i < -1:
-                raise ValueError(f"operator {j} refers to tensor {i}, the model has {n_t}")
+            if i >= n_local or i < -1:
+                raise ValueError(f"operator {j} of subgraph {k} refers to tensor {i}, the subgraph has {n_local}")
+        ins = tuple(i + base if i >= 0 else -1 for i in ins)
+        outs = tuple(i + base if i >= 0 else -1 for i in outs)
         options = _options(s, o, kind)
         name = tensors[outs[0]].name if outs and outs[0] >= 0 else ""
-        ops.append(Op(index=j, kind=kind, version=version, inputs=ins, outputs=outs, name=name, options=options, custom=custom))
-    inputs = tuple(int(i) for i in sg.InputsAsNumpy()) if sg.InputsLength() else ()
-    outputs = tuple(int(i) for i in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()
-    for i in inputs + outputs:
-        if not 0 <= i < n_t:
-            raise ValueError(f"graph input/output {i} is not a tensor")
-    desc = model.Description()
-    meta = {"subgraphs": n_sub, "schema_version": model.Version(), "buffers": n_buf}
-    if desc:
-        meta["description"] = desc.decode("utf-8", "replace")
-    return Graph(format="tflite", tensors=tuple(tensors), ops=tuple(ops), inputs=inputs, outputs=outputs, meta=meta)
+        name = torch_module_path(name) or name
+        ops.append(Op(index=len(ops), kind=kind, version=version, inputs=ins, outputs=outs, name=name, options=options,
+                      custom=custom, subgraph=k))
+
+
+WRAPPERS = ("ChannelLastIOWrapper",)  # litert-torch's own modules around the user's model (attribute 'wrapped')
+
+
+def torch_module_path(name: str) -> str | None:
+    """The PyTorch module path in a tensor name written by litert-torch, else None.
+
+    litert-torch names a tensor after the module scopes it came from:
+    ``pkg.Model/torch.nn.modules.conv.Conv2d_conv1;1`` (each scope ``qualified.Class_attribute``, ';N' a counter,
+    ';;' between the locations of fused ops). ``conv1`` is returned; an op of the model's own forward gets the
+    model's class name. Names without that shape (Keras, TensorFlow) give None.
+    """
+    if "/" not in name and ";" not in name:
+        return None
+    best: list[str] | None = None
+    root = ""
+    for loc in name.split(";;"):
+        loc = loc.rsplit(";", 1)[0] if ";" in loc else loc
+        scopes = loc.split("/")
+        if not all("." in sc for sc in scopes):
+            return None
+        path, parent = [], ""
+        for sc in scopes:
+            last = sc.rsplit(".", 1)[-1]
+            cls, sep, attr = last.lstrip("_").partition("_")
+            if sep and attr and parent not in WRAPPERS:
+                path.append(attr)
+            if not path or parent in WRAPPERS:
+                root = cls if cls not in WRAPPERS else root
+            parent = cls
+        if best is None or len(path) > len(best):
+            best = path
+    if not best:
+        return root or None
+    return ".".join(best)
+
+
+LOOP_BOUNDS = ("LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL")
+
+
+def _trip_count(ops: list, cond: int, small_ints: dict) -> int | None:
+    """A WHILE loop's iterations: the smallest constant its condition compares the counters with."""
+    bounds = [small_ints[i] for op in ops if op.subgraph == cond and op.kind in LOOP_BOUNDS
+              for i in op.inputs if i in small_ints]
+    bounds = [b for b in bounds if b > 0]
+    return min(bounds) if bounds else None
+
+
+def _repeats(ops: list, n_sub: int, small_ints: dict) -> tuple[dict[int, int], int]:
+    """How often each subgraph runs per inference (a WHILE body: trip count x its caller's), and how many
+    loops have a trip count that cannot be read (their bodies count once)."""
+    repeats = {0: 1}
+    unknown = 0
+    todo = [0]
+    while todo:
+        k = todo.pop()
+        for op in (o for o in ops if o.subgraph == k):
+            calls = []
+            if op.kind == "WHILE":
+                cond, body = op.options.get("cond"), op.options.get("body")
+                trips = _trip_count(ops, cond, small_ints) if cond is not None else None
+                unknown += trips is None
+                calls = [(cond, repeats[k] * ((trips or 1) + 1)), (body, repeats[k] * (trips or 1))]
+            else:
+                calls = [(sub, repeats[k]) for key in ("then", "else", "init") if (sub := op.options.get(key)) is not None]
+            for sub, n in calls:
+                if sub is not None and 0 < sub < n_sub and sub not in repeats:
+                    repeats[sub] = n
+                    todo.append(sub)
+    return repeats, unknown
 
 
 def _options(s, o, kind: str) -> dict:
+    if kind in ("WHILE", "IF", "CALL_ONCE"):
+        t = o.BuiltinOptions()
+        typ = o.BuiltinOptionsType()
+        if t is not None and kind == "WHILE" and typ == s.BuiltinOptions.WhileOptions:
+            p = s.WhileOptions()
+            p.Init(t.Bytes, t.Pos)
+            return {"cond": p.CondSubgraphIndex(), "body": p.BodySubgraphIndex()}
+        if t is not None and kind == "IF" and typ == s.BuiltinOptions.IfOptions:
+            p = s.IfOptions()
+            p.Init(t.Bytes, t.Pos)
+            return {"then": p.ThenSubgraphIndex(), "else": p.ElseSubgraphIndex()}
+        if t is not None and kind == "CALL_ONCE" and typ == s.BuiltinOptions.CallOnceOptions:
+            p = s.CallOnceOptions()
+            p.Init(t.Bytes, t.Pos)
+            return {"init": p.InitSubgraphIndex()}
+        return {}
+    if kind in ("UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                "BIDIRECTIONAL_SEQUENCE_RNN"):
+        t = o.BuiltinOptions()
+        opts = {}
+        for name in ("UnidirectionalSequenceLSTMOptions", "SequenceRNNOptions", "BidirectionalSequenceLSTMOptions",
+                     "BidirectionalSequenceRNNOptions"):
+            if t is not None and o.BuiltinOptionsType() == getattr(s.BuiltinOptions, name, -1):
+                p = getattr(s, name)()
+                p.Init(t.Bytes, t.Pos)
+                opts["time_major"] = bool(p.TimeMajor())
+        return opts
+    return _options_basic(s, o, kind)
+
+
+def _options_basic(s, o, kind: str) -> dict:
     if kind in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "L2_POOL_2D"):
         t = o.BuiltinOptions()
         if t is not None and o.BuiltinOptionsType() == s.BuiltinOptions.Pool2DOptions:

@@ -223,6 +223,8 @@ def plan_channels(model, cfg: PruneConfig, where: str) -> tuple[kb.KerasGraph, C
     g = trace_channels(graph, where)
     l1, gamma = {}, {}
     for node in graph.layers:
+        if node.class_name == "InputLayer":  # a Keras 3 Sequential lists no InputLayer in model.layers
+            continue
         ws = model.get_layer(node.name).get_weights()
         if node.class_name == "Conv2D":
             l1[node.name] = np.abs(ws[0]).reshape(-1, ws[0].shape[-1]).sum(0)

@@ -81,7 +81,9 @@ def run(job, tflite_out: Path, onnx_out: Path | None) -> dict:
     where = f"'{handle.path}'"
     if onnx_out is not None:
         raise UnsupportedError("--onnx is available for PyTorch models; Keras QAT writes the int8 .tflite.",
-                               hint="A Keras model to ONNX needs tf2onnx, which does not install with the pinned TensorFlow.")
+                               hint="The QAT model holds tfmot's tf_keras quantize wrappers, which the Keras -> ONNX route "
+                                    "(Keras 3 on the torch backend) cannot load. For an int8 ONNX model of a Keras model: "
+                                    "workbench quantize model.keras --format onnx --scheme int8 --calib DATA.")
     if not job.config.per_channel:
         raise UnsupportedError("--per-tensor is available for PyTorch QAT: tfmot's default 8-bit scheme quantizes "
                                "convolution weights per channel.", hint="Drop --per-tensor for Keras models.")

@@ -1,7 +1,7 @@
-"""Budgets: ``--fail-on 'accuracy_drop>1.0'`` turns a run into a CI gate (exit 1 when broken).
+"""Budgets: ``--fail-on 'accuracy_drop_pp>1.0'`` turns a run into a CI gate (exit 1 when broken).
 
 An expression is ``METRIC OP NUMBER`` with OP one of > >= < <= == !=; METRIC is a column
-of the run's results (accuracy, accuracy_drop, bytes, flash_bytes, ram_bytes, arena_bytes,
+of the run's results (accuracy, accuracy_drop_pp, bytes, flash_bytes, ram_bytes, arena_bytes,
 latency_ms, sqnr_db ...). A result that lacks the metric is not judged by that budget.
 """
 
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from workbench.core.errors import ConfigError
 
+# Old result keys and their new names: a budget on an old key is refused naming the new one (no silent alias).
+RENAMED = {"accuracy_drop": "accuracy_drop_pp"}
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$")
 
@@ -35,7 +37,11 @@ def parse_budget(text: str) -> Budget:
     m = _EXPR.match(text)
     if not m:
         raise ConfigError(f"Budget '{text}' does not parse.",
-                          hint="Write METRIC OP NUMBER, e.g. 'accuracy_drop>1.0', 'arena_bytes>200000', 'latency_ms>=50'.")
+                          hint="Write METRIC OP NUMBER, e.g. 'accuracy_drop_pp>1.0', 'arena_bytes>200000', 'latency_ms>=50'.")
+    if m.group(1) in RENAMED:
+        new = RENAMED[m.group(1)]
+        raise ConfigError(f"Budget '{text}': the key '{m.group(1)}' was renamed to '{new}' (units in the name: percentage points).",
+                          hint=f"Write '{text.strip().replace(m.group(1), new, 1)}'.")
     return Budget(text=text.strip(), metric=m.group(1), op=m.group(2), value=float(m.group(3)))
 
 

@@ -12,7 +12,7 @@ variants:
   - {name: qat-int8, qat: {epochs: 3}, formats: [tflite]}
   - {name: pruned-int8, prune: {method: channel, sparsity: 0.5, epochs: 3}, scheme: int8, formats: [tflite]}
 targets: [raspberry-pi-4, stm32l4r5]
-budgets: ["accuracy_drop>1.0", "arena_bytes>200000"]
+budgets: ["accuracy_drop_pp>1.0", "arena_bytes>200000"]
 ```
 
 Unknown keys are refused with their line and the valid keys; paths are relative to the
@@ -30,7 +30,7 @@ from workbench.core.errors import ConfigError
 SCHEMA = {
     "": {"name", "models", "data", "variants", "targets", "budgets", "description"},
     "models": {"name", "path", "factory", "input_shape", "trust_model"},
-    "data": {"calib", "train", "eval", "calib_samples", "eval_samples", "train_samples"},
+    "data": {"calib", "train", "eval", "calib_samples", "eval_samples", "train_samples", "metric"},
     "variants": {"name", "scheme", "formats", "prune", "qat", "calibrator", "per_channel", "io_dtype", "frameworks"},
     "prune": {"method", "sparsity", "epochs", "schedule", "lr"},
     "qat": {"epochs", "lr"},
@@ -147,6 +147,10 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
     if len(set(names)) != len(names):
         raise ConfigError(f"Recipe '{p}': variant names must be unique (got {names}).")
     data = dict(doc.get("data") or {})
+    from workbench.evaluate.metrics import CHOICES
+
+    if data.get("metric") is not None and data["metric"] not in CHOICES:
+        raise ConfigError(f"Recipe '{p}': data.metric '{data['metric']}' is not a metric. Valid: {', '.join(CHOICES)}.")
     needs_calib = any(v.scheme in ("int8", "int16x8") for v in variants)
     if needs_calib and not data.get("calib"):
         raise ConfigError(f"Recipe '{p}': int8/int16x8 variants need data.calib (calibration data).")

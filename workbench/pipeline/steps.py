@@ -60,14 +60,28 @@ def execute(job, adir: Path) -> dict:
         base = {"model": job.model.name, "variant": v.name, "format": fmt, "scheme": v.scheme,
                 "artifact": str(Path(path).relative_to(adir)), "bytes": _size(path)}
         if fmt != "tflm" and data.get("eval"):
-            m = evaluate_models(source, path, data["eval"], samples=data.get("eval_samples", 1000)).metrics
-            base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop", "argmax_agreement", "sqnr_db")})
+            m = evaluate_models(source, path, data["eval"], samples=data.get("eval_samples", 1000),
+                                metric=data.get("metric")).metrics
+            base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop_pp", "argmax_agreement", "sqnr_db")})
+            base.update(task_columns(m))
         if fmt == "tflite" and job.targets:
             for t in job.targets:
                 rows.append({**base, **_emulated(path, t)})
         else:
             rows.append(base)
     return {"rows": rows, "errors": errors, "info": info, "artifacts": {k: str(Path(p).relative_to(adir)) for k, p in artifacts.items()}}
+
+
+def task_columns(m: dict) -> dict:
+    """The task metric's columns of a comparison (its name, value, reference value, loss, and how to read them)."""
+    from workbench.evaluate.metrics import METRICS
+
+    metric = METRICS.get(m.get("metric") or "")
+    if metric is None:
+        return {"metric": None}
+    return {"metric": metric.name, "metric_direction": metric.direction, metric.key: m.get(metric.key),
+            f"reference_{metric.key}": m.get(f"reference_{metric.key}"), metric.loss_key: m.get(metric.loss_key),
+            "loss_units": metric.loss_units}
 
 
 def _layer_errors(handle, tflite: Path | None, v, data: dict, adir: Path) -> list[dict] | None:
@@ -104,12 +118,17 @@ def _emulated(path: Path, target: str) -> dict:
         return {"target": target, "fits": False, "error": exc.message}
     except WorkbenchError as exc:
         return {"target": target, "fits": None, "error": exc.message}
-    keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops")
+    keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops", "method")
     out = {"target": target, **{k: r.get(k) for k in keep}}
     out["unsupported_ops"] = len(r.get("unsupported_ops") or [])
     out["target_kind"] = r.get("target_kind")
     out["flash_limit_bytes"] = r.get("flash_budget_bytes")
     out["ram_limit_bytes"] = r.get("ram_budget_bytes")
+    fw = r.get("firmware")
+    if fw:  # the per-op instruction counts, for the report's chart
+        out["instructions"] = fw["instructions"]
+        out["per_op_instructions"] = [{"index": p["index"], "op": p["op"], "instructions": p["instructions"]}
+                                      for p in fw["per_op"] if p.get("depth", 0) == 0]
     return out
 
 

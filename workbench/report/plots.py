@@ -102,3 +102,21 @@ def layer_errors(jobs: dict) -> bytes | None:
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def firmware_ops(rows: list[dict]) -> bytes | None:
+    """Instructions per op of one model on the firmware (the first row that ran it): where the time goes."""
+    row = next((r for r in rows if r.get("per_op_instructions")), None)
+    if row is None:
+        return None
+    ops = row["per_op_instructions"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(ops) + 1.2))
+    labels = [f"{o['index']}: {o['op']}" for o in ops]
+    ax.barh(labels, [o["instructions"] for o in ops], color="#2e86c1")
+    ax.invert_yaxis()
+    ax.set_xlabel("instructions per inference (QEMU, -icount shift=0)")
+    ax.set_title(f"{_label(row)} on {row.get('target')}: instructions per op in the TFLite Micro firmware", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)

@@ -9,8 +9,8 @@ from pathlib import Path
 from workbench.core.files import write_text_atomic
 
 COLUMNS = [("model", "model"), ("variant", "variant"), ("format", "format"), ("target", "target"), ("bytes", "size"),
-           ("accuracy", "accuracy"), ("accuracy_drop", "drop (pts)"), ("flash_bytes", "flash"), ("ram_bytes", "RAM"),
-           ("arena_bytes", "arena"), ("latency_ms", "latency ms"), ("fits", "fits")]
+           ("accuracy", "accuracy"), ("accuracy_drop_pp", "drop (pts)"), ("flash_bytes", "flash"), ("ram_bytes", "RAM"),
+           ("arena_bytes", "arena"), ("latency_ms", "latency ms"), ("method", "measured by"), ("fits", "fits")]
 
 
 def _fmt(key: str, v) -> str:
@@ -18,7 +18,7 @@ def _fmt(key: str, v) -> str:
         return "-"
     if key == "accuracy":
         return f"{v:.2%}"
-    if key == "accuracy_drop":
+    if key == "accuracy_drop_pp":
         return f"{v:+.2f}"
     if key in ("bytes", "flash_bytes", "ram_bytes", "arena_bytes"):
         return f"{v / 1024:,.1f} KiB"
@@ -32,7 +32,8 @@ def _fmt(key: str, v) -> str:
 def markdown(doc: dict, broken: list[dict]) -> str:
     lines = [f"# workbench run: {doc['recipe']}", "",
              f"{len(doc['rows'])} results; accuracy is measured in each artifact's runtime (LiteRT, ONNX Runtime) against "
-             "the float original in its framework; latency, flash and RAM come from `workbench emulate` for each target.", ""]
+             "the float original in its framework; latency, flash and RAM come from `workbench emulate` for each target (measured by: `firmware` = the "
+             "TFLite Micro firmware built for the MCU and run on QEMU; `estimate` = the documented cost model).", ""]
     lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for r in doc["rows"]:
@@ -91,6 +92,7 @@ def write_reports(doc: dict, out: Path, broken: list[dict]) -> dict[str, Path]:
                                          "Accuracy against size", log_x=True),
             "memory against target limits": P.memory_bars(rows),
             "per-layer quantization error (int8 vs float)": P.layer_errors(doc.get("jobs", {})),
+            "instructions per op on the MCU firmware": P.firmware_ops(rows),
         }
     except Exception as exc:  # plots are a convenience: a missing matplotlib must not lose the tables
         from workbench.core.errors import MissingDependencyError

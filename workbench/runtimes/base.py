@@ -13,7 +13,7 @@ RUNNERS: Registry[Callable[..., "Runner"]] = Registry("runtime")
 # The runtime a format runs in when none is named.
 DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "ort", "ort": "ort", "keras": "keras", "h5": "keras",
                    "savedmodel": "keras", "torchscript": "torch", "exported_program": "torch", "state_dict": "torch",
-                   "pickle": "torch"}
+                   "pickle": "torch", "frozen_graph": "tf1-session"}
 
 
 class Runner:
@@ -74,6 +74,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        from workbench.runtimes import frameworks, litert, ort, tflm  # noqa: F401
+        from workbench.runtimes import frameworks, litert, ort, tf1, tflm  # noqa: F401
 
         _done = True

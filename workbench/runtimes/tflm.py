@@ -39,6 +39,7 @@ from workbench.runtimes.base import RUNNERS, Runner
 
 CHILD_MODULE = "workbench.runtimes.tflm_child"
 RESULT_PREFIX = "@@tflm-result "
+PHASE_MARK = "@@tflm-phase invoke"  # tflm_child.PHASE_INVOKE: allocation done, invoke started
 
 # Custom op names TFLM ships kernels for, as registered by ``AddCustom("NAME", ...)`` in
 # tensorflow/lite/micro/micro_mutable_op_resolver.h (tflite-micro, main branch, 2026).
@@ -268,6 +269,8 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
             err.problem = _problem("prepare_failed", op, f"op {idx} {op.kind} (layer '{layer_label(op)}') is refused by its TFLite Micro kernel"
                                    + (f": {detail}" if detail else "."), f"an op and dtype combination TFLite Micro supports ({SCHEMES_THAT_RUN})")
         return err
+    if result.get("phase") == "invoke":
+        return _invoke_failure(result, graph, path, log)
     crash = re.search(r"crashed with signal (\d+)", log)
     if crash and result.get("arena_tried"):
         sig = int(crash.group(1))
@@ -277,12 +280,63 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
             name = f"signal {sig}"
         return RuntimeFailure(f"TensorFlow Lite Micro crashed ({name}) while preparing '{path}', with every arena up to "
                               f"{result['arena_tried'] >> 20} MiB: one of its kernels rejects this model's parameters.",
-                              hint="Seen with degenerate quantization (e.g. a SOFTMAX whose input scale came from "
-                                   "unrepresentative calibration data): calibrate with real samples and export again.")
+                              hint=_degenerate_hint(graph) or "Check the model with: workbench inspect MODEL")
     if result.get("error") == "allocate" and result.get("arena_tried"):
         detail = _first_lines(log) or "no message"
         return RuntimeFailure(f"TensorFlow Lite Micro could not allocate '{path}' even with a {result['arena_tried'] >> 20} MiB arena: {detail}")
     return RuntimeFailure(f"TensorFlow Lite Micro failed on '{path}': {result.get('message') or _first_lines(log) or result.get('error')}")
+
+
+def _signal_name(log: str) -> str | None:
+    import re
+
+    crash = re.search(r"crashed with signal (\d+)", log)
+    if not crash:
+        return None
+    try:
+        return signal.Signals(int(crash.group(1))).name
+    except ValueError:
+        return f"signal {crash.group(1)}"
+
+
+def _invoke_failure(result: dict, graph: Graph, path: Path, log: str) -> RuntimeFailure:
+    """The model allocates but TFLM fails (or aborts) while running it: name the phase and the op."""
+    how = f"crashed ({_signal_name(log)})" if _signal_name(log) else "failed"
+    idx = result.get("op_index")
+    op = graph.ops[idx] if isinstance(idx, int) and 0 <= idx < len(graph.ops) else None
+    where = (f" in op {idx} {op.kind} (layer '{layer_label(op)}'), found by running the model cut after each op"
+             if op is not None else "; the op could not be singled out")
+    detail = _first_lines(log.replace(PHASE_MARK, ""), 2)
+    err = RuntimeFailure(f"TensorFlow Lite Micro {how} while running '{path}' (allocation succeeded; the failure is in invoke){where}."
+                         + (f" It said: {detail}" if detail else ""),
+                         hint=_degenerate_hint(graph, op) or "The op's kernel rejects this model's parameters at run time; "
+                         "try another scheme (int8 / float32) or report it to TensorFlow Lite Micro with the model attached.")
+    err.phase = "invoke"
+    err.arena_bytes = result.get("allocation_arena_bytes")
+    err.problem = _problem("runtime_failure", op, f"TFLite Micro {how} in invoke"
+                           + (f" at op {idx} {op.kind} (layer '{layer_label(op)}')" if op is not None else ""),
+                           "a scheme and op set TFLite Micro runs")
+    err.problem["phase"] = "invoke"
+    return err
+
+
+# TFLM's int8 SOFTMAX needs beta * input_scale * 2^26 > 1: CalculateSoftmaxParams (kernels/softmax_common.cc,
+# kScaledDiffIntegerBits = 5) hands beta * scale * 2^(31 - 5) to QuantizeMultiplierGreaterThanOne, which
+# aborts (TFLITE_CHECK_GT) otherwise.
+SOFTMAX_MIN_SCALE = 2.0 ** -26
+
+
+def _degenerate_hint(graph: Graph, op: Op | None = None) -> str | None:
+    """A hint about degenerate quantization only when a SOFTMAX input scale really is below what TFLM accepts."""
+    ops = [op] if op is not None and op.kind == "SOFTMAX" else [o for o in graph.ops if o.kind == "SOFTMAX"]
+    for o in ops:
+        t = graph.tensors[o.inputs[0]]
+        beta = float(o.options.get("beta", 1.0) or 1.0)
+        if t.dtype == "int8" and t.scale and beta * float(t.scale[0]) <= SOFTMAX_MIN_SCALE:
+            return (f"The input of SOFTMAX op {o.index} (layer '{layer_label(o)}') has a degenerate quantization scale "
+                    f"{float(t.scale[0]):.3g} (TFLite Micro needs beta x scale > 2^-26 = 1.5e-8): the calibration data "
+                    "did not exercise it. Calibrate with real samples and export again.")
+    return None
 
 
 class TflmRunner(Runner):

@@ -39,6 +39,7 @@ import time
 import tempfile
 
 RESULT_PREFIX = "@@tflm-result "
+PHASE_INVOKE = "@@tflm-phase invoke"  # written by an attempt once allocation has succeeded
 # Arena sizes tried in turn until the model allocates; a model that fails at all of them
 # fails for another reason than the arena (or needs more than any MCU has).
 ARENA_LADDER = (1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28)
@@ -112,6 +113,7 @@ def attempt(runtime, data: bytes, arena: int, invoke: bool = True, report: bool 
                 os.dup2(tmp.fileno(), 2)
                 interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
                 if invoke:
+                    os.write(2, PHASE_INVOKE.encode() + b"\n")  # allocation is done: a crash from here on is in invoke
                     _invoke_zeros(interp, data)
                 if report:
                     interp.print_allocations()
@@ -165,7 +167,13 @@ def measure(path: str) -> dict:
             working = size
             break
     if working is None:
-        return {"error": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
+        if PHASE_INVOKE not in log:
+            return {"error": "allocate", "phase": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
+        # It allocates but fails in invoke: the arena is still known (allocation only), and the
+        # op that fails is the first one whose truncated model fails.
+        alloc = next((s for s in ARENA_LADDER if attempt(runtime, data, s, invoke=False)[0]), ARENA_LADDER[-1])
+        return {"error": "invoke", "phase": "invoke", "log": log, "arena_tried": ARENA_LADDER[-1],
+                "op_index": failing_op(runtime, data, alloc), "allocation_arena_bytes": _bisect(runtime, data, alloc, invoke=False)}
     text = log
     m = _TOTAL.search(text)
     reported = int(m.group(1)) if m else None
@@ -199,6 +207,55 @@ def measure(path: str) -> dict:
         else:
             lo = mid
     return _measured(hi, reported, head, tail, attempts, text)
+
+
+def _bisect(runtime, data: bytes, working: int, invoke: bool) -> int:
+    """The smallest arena (bytes, to SAFE_FLOOR) with which ``attempt`` succeeds, given one that does."""
+    lo, hi = SAFE_FLOOR, working
+    if attempt(runtime, data, lo, invoke=invoke)[0]:
+        return lo
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        if attempt(runtime, data, mid, invoke=invoke)[0]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def truncated(data: bytes, last: int) -> bytes:
+    """The model cut after operator ``last`` of the main subgraph, whose outputs become the model's."""
+    import flatbuffers
+
+    s = _schema()
+    m = s.ModelT.InitFromPackedBuf(data, 0)
+    sg = m.subgraphs[0]
+    sg.operators = sg.operators[: last + 1]
+    sg.outputs = [int(t) for t in sg.operators[last].outputs if int(t) >= 0]
+    m.signatureDefs = None
+    b = flatbuffers.Builder(len(data) + 4096)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def failing_op(runtime, data: bytes, arena: int) -> int | None:
+    """Index of the first operator whose truncated model fails to invoke (bisection), or None."""
+    n = _schema().Model.GetRootAs(data, 0).Subgraphs(0).OperatorsLength()
+    if n == 0:
+        return None
+    lo, hi = -1, n - 1  # truncated(lo) runs (lo = -1: nothing), truncated(hi) fails
+    try:
+        if attempt(runtime, truncated(data, hi), arena)[0]:
+            return None  # the truncated whole model runs: the failure is not in one op
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if attempt(runtime, truncated(data, mid), arena)[0]:
+                lo = mid
+            else:
+                hi = mid
+    except Exception:  # noqa: BLE001 - a model the schema cannot rewrite: the op stays unknown
+        return None
+    return hi
 
 
 def _measured(arena: int, reported, head, tail, attempts: int, text: str, exact: bool = True) -> dict:

@@ -1,0 +1,115 @@
+"""NPU targets (Arm Ethos-U through Vela): emulate reports Vela's own numbers, CPU fallbacks, errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from workbench.emulate import emulate
+from workbench.emulate.targets import load_target
+
+pytest.importorskip("ethosu.vela", reason="needs the npu extra: pip install 'workbench[npu]'")
+
+NPU_TARGETS = ["corstone-300", "ethos-u55-128", "himax-we2", "alif-ensemble-e7", "nxp-imx93"]
+
+
+def _direct_vela(model, tmp_path, accelerator, system_config, memory_mode, extra_ini: str | None = None):
+    """Vela run by hand, as a user would, independent of workbench's runner."""
+    cmd = [sys.executable, "-m", "ethosu.vela", str(model), "--output-dir", str(tmp_path / "out"),
+           "--accelerator-config", accelerator, "--config", "Arm/vela.ini"]
+    if extra_ini:
+        ini = tmp_path / "clock.ini"
+        ini.write_text(extra_ini)
+        cmd += ["--config", str(ini)]
+    cmd += ["--system-config", system_config, "--memory-mode", memory_mode]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
+    with open(tmp_path / "out" / f"{model.stem}_summary_{system_config}.csv", newline="") as f:
+        return next(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", NPU_TARGETS)
+def test_npu_profiles_load_with_sources(name):
+    t = load_target(name)
+    assert t.npu is not None and t.npu.family == "ethos-u" and t.npu.clock_mhz > 0 and t.npu.sram_bytes > 0
+    assert t.sources and t.assumptions
+
+
+def test_emulate_equals_a_direct_vela_run(digits_tflite_int8, tmp_path):
+    rep = emulate(digits_tflite_int8, "corstone-300")  # 500 MHz = the system config's own clock: no override
+    row = _direct_vela(digits_tflite_int8, tmp_path, "ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    n = rep.to_dict()["npu"]
+    assert n["npu_cycles"] == int(float(row["cycles_npu"])) and n["total_cycles"] == int(float(row["cycles_total"]))
+    assert n["sram_bytes"] == round(float(row["sram_memory_used"]) * 1024)
+    assert n["flash_bytes"] == round(float(row["off_chip_flash_memory_used"]) * 1024)
+    assert n["original_weight_bytes"] == int(float(row["total_original_weights"]))
+    assert n["encoded_weight_bytes"] == int(float(row["total_npu_encoded_weights"]))
+    assert n["npu_ms"] == pytest.approx(float(row["inference_time"]) * 1e3, rel=1e-6)
+    assert n["cpu_ops"] == 0 and n["per_layer"] and rep.fits and rep.method == "npu-compiler"
+
+
+def test_board_clock_overrides_the_system_config(digits_tflite_int8, tmp_path):
+    rep = emulate(digits_tflite_int8, "himax-we2")  # U55-64 at 400 MHz
+    # Vela 5.2.0's figures depend on the system config's name as well as its values (an inheriting section
+    # named "Mine" gives other cycles than one named after its parent), so the direct run uses workbench's name.
+    name = "Ethos_U55_High_End_Embedded_400MHz"
+    ini = f"[System_Config.{name}]\ninherit=System_Config.Ethos_U55_High_End_Embedded\ncore_clock=400e6\n"
+    row = _direct_vela(digits_tflite_int8, tmp_path, "ethos-u55-64", name, "Shared_Sram", ini)
+    n = rep.to_dict()["npu"]
+    assert n["total_cycles"] == int(float(row["cycles_total"])) and n["clock_hz"] == 400e6
+    assert n["npu_ms"] == pytest.approx(float(row["inference_time"]) * 1e3, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def cumsum_int8(tmp_path_factory):
+    """A small int8 model with an op the NPU lacks (CUMSUM, which the converter keeps in float)."""
+    np = pytest.importorskip("numpy")
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    inp = keras.Input((8, 8, 1), batch_size=1)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.ops.cumsum(keras.layers.Flatten()(x), axis=-1)
+    m = keras.Model(inp, keras.layers.Dense(4)(x))
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    conv.representative_dataset = lambda: ([rng.random((1, 8, 8, 1), dtype=np.float32)] for _ in range(10))
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    path = tmp_path_factory.mktemp("npu") / "cumsum_int8.tflite"
+    path.write_bytes(conv.convert())
+    return path
+
+
+def test_op_the_npu_lacks_is_reported_on_the_cpu_with_its_time(cumsum_int8):
+    rep = emulate(cumsum_int8, "ethos-u55-128")
+    n = rep.to_dict()["npu"]
+    cpu = {r["op"]: r for r in n["cpu_ops_detail"]}
+    assert "CUMSUM" in cpu and cpu["CUMSUM"]["cpu_ms"] > 0
+    assert any("Unsupported opType" in r for r in cpu["CUMSUM"]["reasons"])
+    assert n["cpu_ms"] == pytest.approx(sum(r["cpu_ms"] for r in n["cpu_ops_detail"]), abs=1e-5)
+    assert rep.latency_ms == pytest.approx(n["npu_ms"] + n["cpu_ms"], rel=1e-4)
+    assert any("stay on the CPU" in note and "CUMSUM" in note for note in rep.notes)
+
+
+def test_float_model_says_what_stays_on_the_cpu_and_why(digits_tflite_float):
+    rep = emulate(digits_tflite_float, "ethos-u55-128")
+    n = rep.to_dict()["npu"]
+    assert n["npu_ops"] == 0 and n["cpu_ops"] >= 3
+    assert all(any("Float32" in r for r in row["reasons"]) for row in n["cpu_ops_detail"] if row["op"] == "CONV_2D")
+    assert any("Nothing runs on the NPU" in note for note in rep.notes)
+
+
+def test_missing_vela_exits_3_with_the_pip_line(digits_tflite_int8, monkeypatch):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+    import workbench.export.vela as vela
+
+    monkeypatch.setattr(vela, "vela_available", lambda: False)
+    r = CliRunner().invoke(main, ["emulate", str(digits_tflite_int8), "--target", "ethos-u55-128"])
+    assert r.exit_code == 3, r.output
+    assert "pip install 'ethos-u-vela==5.2.0'" in r.output
