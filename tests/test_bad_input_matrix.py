@@ -17,6 +17,8 @@ COMMANDS = {
     "export-tflm-no-strip": "export {m} --format tflm --no-strip -o {o}",
     "strip": "strip {m} -o {o}",
     "strip-tflm-only": "strip {m} --tflm-only -o {o}",
+    "export-tflm-compress": "export {m} --format tflm --compress -o {o}",
+    "cluster": "cluster {m} --train digits:train --epochs 1 -o {o}",
     "export-onnx": "export {m} --format onnx -o {o}",
     "quantize-tflite-weight-int4": "quantize {m} --scheme weight-int4 -o {o}",
     "quantize": "quantize {m} --scheme int8 --calib digits:train -o {o}",
@@ -86,6 +88,7 @@ DATA_COMMANDS = {
     "compare-metric": "compare {m} {good} --data {d} --metric top5",
     "prune": "prune {m} --train {d} --sparsity 0.5 --method magnitude --epochs 1 -o {o}",
     "qat": "qat {m} --train {d} --epochs 1 -o {o}",
+    "cluster": "cluster {m} --train {d} --epochs 1 -o {o}.keras",
 }
 
 
@@ -146,3 +149,49 @@ def test_output_exists_and_unwritable(tmp_path, digits_keras_path, command):
     unwritable = tmp_path / "no" / "such" / "dir" / f"m{suffix}"
     r = _invoke(tmpl, m=digits_keras_path, o=unwritable, good="")
     assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output
+
+
+# --- issue 19: TF1 frozen graphs (a GraphDef .pb), written here with the wire format alone ------------------
+
+def _ld(field: int, payload: bytes) -> bytes:
+    n, out = len(payload), bytearray([field << 3 | 2])
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out) + payload
+
+
+def _node(name: str, op: str, inputs=(), attrs=b"") -> bytes:
+    return _ld(1, _ld(1, name.encode()) + _ld(2, op.encode()) + b"".join(_ld(3, i.encode()) for i in inputs) + attrs)
+
+
+def _graphdef(with_placeholder: bool) -> bytes:
+    dtype = _ld(5, _ld(1, b"dtype") + _ld(2, b"\x30\x01"))  # attr dtype: DT_FLOAT
+    shape = _ld(5, _ld(1, b"shape") + _ld(2, _ld(7, _ld(2, b"\x08\x01") + _ld(2, b"\x08\x04"))))  # [1, 4]
+    first = _node("x", "Placeholder", attrs=dtype + shape) if with_placeholder else _node("x", "Const", attrs=dtype)
+    return first + _node("y", "Relu", ["x"], _ld(5, _ld(1, b"T") + _ld(2, b"\x30\x01")))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_truncated_frozen_graph(tmp_path, digits_tflite_int8, command):
+    good = _graphdef(with_placeholder=True)
+    from workbench.frontends.detect import detect_format
+
+    (tmp_path / "ok.pb").write_bytes(good)
+    assert detect_format(tmp_path / "ok.pb") == "frozen_graph"
+    bad = tmp_path / "graph.pb"
+    bad.write_bytes(good[: len(good) - 7])
+    out = tmp_path / "out.bin"
+    r = _invoke(COMMANDS[command], m=bad, o=out, good=digits_tflite_int8)
+    _assert_clean_failure(r, out)
+
+
+@pytest.mark.parametrize("command", ["export", "export-tflm", "quantize"])
+def test_frozen_graph_without_placeholders(tmp_path, digits_tflite_int8, command):
+    m = tmp_path / "consts.pb"
+    m.write_bytes(_graphdef(with_placeholder=False))
+    out = tmp_path / "out.bin"
+    r = _invoke(COMMANDS[command], m=m, o=out, good=digits_tflite_int8)
+    _assert_clean_failure(r, out)
+    assert "without placeholders" in r.output, r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -139,3 +140,23 @@ def test_tflm_export_checks_the_fit_with_the_firmware(digits_tflite_int8, tmp_pa
     m = art.metrics
     assert m["method"] == "firmware" and m["fits"] is True
     assert "latency (firmware on QEMU" in (art.path / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_fashion_model_on_the_firmware_with_reference_kernel_fallback(tmp_path):
+    """The Fashion reference model: its MEAN (global average pooling) has no CMSIS-NN kernel and runs
+    TFLM's reference kernel inside the same firmware; outputs agree with LiteRT's builtin kernels."""
+    from workbench.api import convert
+    from workbench.frontends.tflite_reader import read_tflite
+
+    root = Path(__file__).resolve().parents[1]
+    model = tmp_path / "fashion_int8.tflite"
+    convert(root / "models" / "fashion_keras.keras", "tflite", model, scheme="int8", calib="fashion-mnist:train",
+            calib_samples=200)
+    kinds = {op.kind for op in read_tflite(model).ops}
+    assert "MEAN" in kinds  # not among CMSIS-NN's optimized kernels in this TFLM tree
+    d = emulate(model, "stm32l4r5", eval_data="fashion-mnist", eval_samples=200).to_dict()
+    assert d["method"] == "firmware" and d["fits"]
+    assert d["accuracy"]["accuracy"] > 0.85 and d["accuracy"]["vs_litert"]["max_lsb_difference"] <= 1
+    assert any(o["kind"] == "MEAN" and o["instructions"] > 0 for o in d["ops"])
+    assert d["firmware"]["instructions"] > 1_000_000

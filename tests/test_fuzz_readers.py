@@ -51,3 +51,54 @@ def test_onnx_reader_never_crashes(seeds, ops):
 def test_random_bytes(data):
     _check(read_onnx_bytes, data)
     _check(read_tflite_bytes, b"\0\0\0\0TFL3" + data)
+
+
+@pytest.fixture(scope="module")
+def graphdef_seed():
+    import numpy as np
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        x = tf1.placeholder(tf.float32, (None, 8, 8, 1), name="images")
+        y = tf1.nn.conv2d(x, tf1.constant(np.ones((3, 3, 1, 2), np.float32)), strides=[1, 1, 1, 1], padding="SAME")
+        y = tf1.matmul(tf1.reshape(tf1.nn.relu(y), (-1, 128)), tf1.constant(np.ones((128, 3), np.float32)))
+        tf1.nn.softmax(y, name="probs")
+    return g.as_graph_def(add_shapes=True).SerializeToString()
+
+
+def _check_graphdef(data: bytes):
+    from pathlib import Path
+
+    from workbench.frontends.graphdef import GraphDefInfo, parse_graphdef, signature, unconvertible
+    from workbench.frontends.handle import ModelHandle
+    from workbench.frontends.inspect import LAYER_TABLES
+    from workbench.frontends.loader import LoadOptions
+
+    try:
+        info = parse_graphdef(data)
+    except ValueError:
+        return
+    assert isinstance(info, GraphDefInfo)
+    try:
+        ins, outs = signature(info, LoadOptions(), Path("<fuzz>"))
+    except ModelFormatError:
+        return
+    unconvertible(info, tuple(o.name for o in outs), whole_graph=True)
+    h = ModelHandle(path=Path("<fuzz>"), format="frozen_graph", framework="tf1", inputs=ins, outputs=outs,
+                    meta={"graphdef": info})
+    LAYER_TABLES.get("tf1")(h)
+
+
+@SETTINGS
+@given(ops=st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "zero"]), st.integers(0, 1 << 30),
+                              st.integers(0, 255)), min_size=1, max_size=8))
+def test_graphdef_reader_never_crashes(graphdef_seed, ops):
+    _check_graphdef(mutate(graphdef_seed, ops))
+
+
+@settings(max_examples=300, deadline=2000, derandomize=True)
+@given(data=st.binary(max_size=512))
+def test_graphdef_random_bytes(data):
+    _check_graphdef(b"\x0a" + data)

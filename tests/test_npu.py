@@ -113,3 +113,22 @@ def test_missing_vela_exits_3_with_the_pip_line(digits_tflite_int8, monkeypatch)
     r = CliRunner().invoke(main, ["emulate", str(digits_tflite_int8), "--target", "ethos-u55-128"])
     assert r.exit_code == 3, r.output
     assert "pip install 'ethos-u-vela==5.2.0'" in r.output
+
+
+def test_recipes_compile_only_integer_variants_for_npu_boards(tmp_path, digits_keras_path):
+    """In `run`, an NPU board gets the int8 variant compiled by Vela; float gets a row saying why not."""
+    import yaml
+
+    from workbench.pipeline.recipe import load_recipe
+    from workbench.pipeline.run import run_recipe
+
+    recipe = tmp_path / "npu.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "npu", "models": [{"name": "digits", "path": str(digits_keras_path)}],
+        "data": {"calib": "digits:train", "calib_samples": 50},
+        "variants": [{"name": "float", "scheme": "float"}, {"name": "int8", "scheme": "int8"}],
+        "targets": ["corstone-300"]}))
+    doc = run_recipe(load_recipe(recipe), tmp_path / "out")
+    rows = {r["variant"]: r for r in doc["rows"] if r.get("target") == "corstone-300"}
+    assert rows["float"]["fits"] is None and "Vela offloads only fully integer" in rows["float"]["skipped"]
+    assert rows["int8"]["fits"] is True and rows["int8"]["latency_ms"] > 0

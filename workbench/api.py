@@ -13,7 +13,7 @@ from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
 
 __all__ = ["load", "inspect", "convert", "check_convert", "evaluate", "export_tflm", "strip", "emulate", "profile", "profile_remote",
-           "prune", "qat", "ModelHandle", "LoadOptions"]
+           "prune", "cluster", "qat", "ModelHandle", "LoadOptions"]
 
 
 def inspect(model: str | Path | ModelHandle, options: LoadOptions | None = None) -> dict:
@@ -108,6 +108,14 @@ def prune(model, out: str | Path, config=None, train=None, val=None, **kw):
     from workbench.optimize.prune import prune as _prune
 
     return _prune(model, out, config or PruneConfig(), train, val, **kw)
+
+
+def cluster(model, out: str | Path, config=None, train=None, val=None, **kw):
+    """Weight clustering with fine-tuning; see workbench.optimize.cluster. Returns a ClusterReport."""
+    from workbench.optimize.cluster import cluster as _cluster
+    from workbench.optimize.config import ClusterConfig
+
+    return _cluster(model, out, config or ClusterConfig(), train, val, **kw)
 
 
 def qat(model, out: str | Path, config=None, train=None, val=None, **kw):

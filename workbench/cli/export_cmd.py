@@ -36,6 +36,11 @@ def quant_options(f):
 
 
 def tflm_options(f):
+    f = click.option("--compress", "compress_bits", type=click.IntRange(1, 7), flag_value=4, default=None, metavar="[BITS]",
+                     is_flag=False,
+                     help="tflm: LUT-compress constant weights with at most 2**BITS distinct values (a clustered model) into "
+                          "BITS-bit indices plus value tables, decoded by TFLM's DECODE op; checked bit-identical in TFLM. "
+                          "--compress alone means 4 bits.")(f)
     f = click.option("--strip-tflm-only", "strip_tflm_only", is_flag=True,
                      help="tflm: also cut per-channel zero-point tables of one repeated value to one entry (TFLM "
                           "broadcasts it; LiteRT refuses such a model); checked bit-identical in TFLM.")(f)
@@ -112,6 +117,15 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
         argmax = f"argmax {m['argmax_agreement']:.2%}, " if m.get("argmax_agreement") is not None else ""
         click.echo(f"agreement: {argmax}SQNR {m['sqnr_db']:.1f} dB, cosine {m['cosine']:.5f}, "
                    f"max abs error {m['max_abs_error']:.4g}")
+    c = m.get("compression")
+    if c:
+        click.echo(f"compressed ({c['max_bits']}-bit LUT): {c['bytes_before']:,} -> {c['bytes_after']:,} B, "
+                   f"{len(c['compressed'])} tensors, bit-identical in TFLite Micro")
+        for r in c["compressed"]:
+            click.echo(f"  tensor {r['tensor']} {'x'.join(map(str, r['shape']))}: {r['bytes']:,} B -> ~{r['estimated_bytes']:,} B "
+                       f"({r['bits']}-bit, {r['mode']})")
+        for r in c["left_alone"]:
+            click.echo(f"  left alone: tensor {r['tensor']} {'x'.join(map(str, r['shape']))} ({r['bytes']:,} B): {r['reason']}")
     s = m.get("strip")
     if s:
         click.echo(f"stripped ({s['level']}): {s['bytes_before']:,} -> {s['bytes_after']:,} B model bytes "
@@ -127,7 +141,7 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
 
 QUANT_KEYS = ("calib", "io_dtype", "per_channel", "calibrator", "calib_samples", "seed", "eval_data", "eval_samples", "keep_float",
               "int16_layers")
-TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force", "verify", "tflm_dir")
+TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force", "verify", "tflm_dir", "compress_bits")
 
 
 def strip_level(strip: bool, tflm_only: bool) -> str:

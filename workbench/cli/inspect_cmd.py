@@ -10,8 +10,8 @@ from workbench.cli.common import emit_json, human_bytes, json_option, load_optio
 def inspect_cmd(model, trust_model, factory, input_shape, as_json):
     """Describe MODEL: format, inputs and outputs, parameters, per-layer MACs and ops.
 
-    Reads .tflite, .onnx, .ort, Keras (.keras, .h5, SavedModel) and PyTorch (TorchScript,
-    .pt2, state_dict with --factory) models; the format is detected from the content.
+    Reads .tflite, .onnx, .ort, Keras (.keras, .h5, SavedModel), TF1 frozen graphs (.pb) and
+    PyTorch (TorchScript, .pt2, state_dict with --factory) models; the format is detected from the content.
     """
     from workbench import api
 

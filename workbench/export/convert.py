@@ -58,12 +58,13 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
                 overwrite: bool = False, target: str | None = None, name: str | None = None, layout: str = "plain",
                 lang: str = "cpp", labels=None, section: str | None = None, force: bool = False,
                 assess: Callable[[Path], dict] | None = None, verify: Callable[[Path, object], dict] | None = None,
-                strip: str = "portable", **quant):
+                strip: str = "portable", compress_bits: int | None = None, **quant):
     """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
     ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`);
     ``verify(tflite_path, artifact)`` checks the written project (it builds and runs it) and its
     result joins the manifest's metrics as ``verify``. ``strip``: "portable" (the default), "tflm" or "none"
-    (see :data:`~workbench.export.tflm_facts.STRIP_LEVELS`); the sources hold the stripped model."""
+    (see :data:`~workbench.export.tflm_facts.STRIP_LEVELS`); the sources hold the stripped model.
+    ``compress_bits``: LUT-compress the weights (see :mod:`workbench.export.compress`) first."""
     import tempfile
 
     from workbench.core.files import check_input_file, check_output
@@ -82,15 +83,16 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             convert_model(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
         art = write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
                                  labels=label_list, section=section, force=force, overwrite=overwrite,
-                                 assess=assess, strip=strip)
+                                 assess=assess, strip=strip, compress_bits=compress_bits)
         if verify is not None:
             deployed = Path(src)
-            if strip != "none":  # the firmware is built from the bytes the sources hold
-                from workbench.export.strip import strip_tflite
+            if strip != "none" or compress_bits:  # the firmware is built from the bytes the sources hold
+                from workbench.export.tflm_sources import _deployed
 
                 deployed = Path(tmp) / "deployed" / Path(src).name
                 deployed.parent.mkdir()
-                deployed.write_bytes(strip_tflite(Path(src).read_bytes(), Path(src).name, strip)[0])
+                with _deployed(Path(src), Path(src).read_bytes(), strip, compress_bits) as (path, _s, _c):
+                    deployed.write_bytes(path.read_bytes())
             art = _record(art, "verify", verify(deployed, art))
         return art
 

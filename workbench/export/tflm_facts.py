@@ -81,12 +81,17 @@ class TflmOptions:
     overwrite: bool = False
     arena_bytes: int | None = None
     strip: str = "none"  # one of STRIP_LEVELS
+    compress_bits: int | None = None  # LUT index width for TFLM weight compression, or None
 
     def __post_init__(self):
         from workbench.export.tflm_render import LANGS, LAYOUTS
 
         LAYOUTS.get(self.layout)
         LANGS.get(self.lang)
+        if self.compress_bits is not None and (isinstance(self.compress_bits, bool) or not isinstance(self.compress_bits, int)
+                                               or not 1 <= self.compress_bits <= 7):
+            raise ConfigError(f"compress_bits must be a whole number from 1 to 7, got {self.compress_bits!r}.",
+                              hint="4 bits hold the 16 values of a model clustered to 16 centroids.")
         if self.strip not in STRIP_LEVELS:
             raise ConfigError(f"strip must be one of {', '.join(STRIP_LEVELS)}, got {self.strip!r}.",
                               hint="; ".join(f"{k}: {v}" for k, v in STRIP_LEVELS.items()))
@@ -102,7 +107,8 @@ class TflmOptions:
     def to_dict(self) -> dict:
         return {"name": self.name, "target": self.target, "layout": self.layout, "lang": self.lang,
                 "labels": list(self.labels) if self.labels is not None else None, "section": self.section,
-                "force": self.force, "arena_bytes": self.arena_bytes, "strip": self.strip}
+                "force": self.force, "arena_bytes": self.arena_bytes, "strip": self.strip,
+                "compress_bits": self.compress_bits}
 
 
 STRIP_LEVELS = {

@@ -201,7 +201,7 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
                        layout: str = "plain", lang: str = "cpp", labels=None, section: str | None = None,
                        force: bool = False, overwrite: bool = False, arena_bytes: int | None = None,
                        margin: ArenaMargin = ARENA_MARGIN, assess: Callable[[Path], dict] | None = None,
-                       strip: str = "none") -> Artifact:
+                       strip: str = "none", compress_bits: int | None = None) -> Artifact:
     """Write TensorFlow Lite Micro sources for ``tflite_path`` into the folder ``out_dir``.
 
     ``labels``: class labels for output 0, as a sequence of strings or a path to a UTF-8
@@ -212,7 +212,8 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     ``emulate(path, target).to_dict``) a model that does not fit raises CheckFailed unless ``force``. ``strip``: one of
     ``STRIP_LEVELS`` ("none" keeps the bytes given; "portable" / "tflm" write the model stripped by
     :mod:`workbench.export.strip`, checked bit-identical, with the C comments still naming the original's
-    tensors). Returns an Artifact of format "tflm" whose manifest
+    tensors). ``compress_bits``: LUT-compress constant tensors with at most 2**bits distinct values first
+    (:mod:`workbench.export.compress`; checked bit-identical in TFLM). Returns an Artifact of format "tflm" whose manifest
     (``manifest.json`` in the folder) is already written.
     """
     src = check_input_file(tflite_path)
@@ -220,7 +221,8 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
         raise InputFileError(f"Model '{src}' is not a file.", hint="Give the path of a .tflite file.")
     opts = TflmOptions(name=name, target=target, layout=layout, lang=lang,
                        labels=None if labels is None or isinstance(labels, (str, os.PathLike)) else tuple(labels),
-                       section=section, force=force, overwrite=overwrite, arena_bytes=arena_bytes, strip=strip)
+                       section=section, force=force, overwrite=overwrite, arena_bytes=arena_bytes, strip=strip,
+                       compress_bits=compress_bits)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
 
@@ -236,7 +238,9 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     outputs = _io_tensors(graph, graph.outputs, where, "output")
     label_list = _labels(labels, outputs[0].elements if outputs else None, where)
     opts = replace(opts, labels=label_list)
-    with _deployed(src, data, strip) as (deployed, stripped):
+    with _deployed(src, data, strip, compress_bits) as (deployed, stripped, compressed):
+        if compressed is not None:  # the DECODE operator joins the resolver
+            ops = resolver_ops(used_ops(deployed.read_bytes(), where), where)
         data = deployed.read_bytes()
         measured, how = _measure_arena(deployed, arena_bytes)
         arena = margin.plan(measured, how)
@@ -251,6 +255,8 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
                "ops": [op.kind for op in ops]}
     if stripped is not None:
         metrics["strip"] = stripped
+    if compressed is not None:
+        metrics["compression"] = compressed
     if report is not None:
         metrics.update({k: report.get(k) for k in ("target", "latency_ms", "fits", "flash_bytes", "ram_bytes",
                                                    "ram_bytes_with_arena_margin", "method")})
@@ -272,22 +278,30 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
 
 
 @contextmanager
-def _deployed(src: Path, data: bytes, level: str):
-    """(path of the model the sources hold, strip report or None): the stripped model in a temporary
-    folder, checked bit-identical to ``src``, or ``src`` itself for level "none"."""
-    if level == "none":
-        yield src, None
+def _deployed(src: Path, data: bytes, level: str, compress_bits: int | None = None):
+    """(path of the model the sources hold, strip report, compression report): the model LUT-compressed
+    (when ``compress_bits``) and stripped (unless level "none") in a temporary folder, checked
+    bit-identical to ``src`` (in TFLM only once compressed: LiteRT has no DECODE kernel), or ``src`` itself."""
+    if level == "none" and not compress_bits:
+        yield src, None, None
         return
     import tempfile
 
     from workbench.export.strip import RUNTIMES, strip_tflite, verify_identical
 
-    out, rep = strip_tflite(data, src.name, level)
+    out, crep, srep = data, None, None
+    if compress_bits:
+        from workbench.export.compress import compress_tflite
+
+        out, crep = compress_tflite(out, src.name, max_bits=compress_bits)
+    if level != "none":
+        out, srep = strip_tflite(out, src.name, level)
     with tempfile.TemporaryDirectory(prefix="workbench-strip-") as tmp:
         path = Path(tmp) / src.name
         path.write_bytes(out)
-        checked = verify_identical(src, path, runtimes=RUNTIMES[level])
-        yield path, {**rep.to_dict(), "level": level, "verify": checked}
+        checked = verify_identical(src, path, runtimes=("tflm",) if compress_bits else RUNTIMES[level])
+        yield (path, None if srep is None else {**srep.to_dict(), "level": level, "verify": checked},
+               None if crep is None else {**crep.to_dict(), "max_bits": compress_bits, "verify": checked})
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:

@@ -20,7 +20,7 @@ def refuse_torchscript(handle: ModelHandle) -> None:
             f"'{handle.path}' is TorchScript: torch.export, which litert-torch and the ONNX exporter use, cannot trace a "
             "ScriptModule, so this file cannot be converted.",
             hint="From the original Python module, save an ExportedProgram: torch.export.save(torch.export.export(model, "
-            "(example,)), 'model.pt2'); or export ONNX (torch.onnx.export) and quantize that with --format onnx; "
+            "(example,)), 'model.pt2'); or export this file to ONNX (--format onnx, the TorchScript exporter); "
             "or save its state_dict and pass --factory.",
         )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -91,8 +92,7 @@ def precheck_via_onnx(fmt: str):
             reason = REFUSALS.get(("onnx", fmt), f"no ONNX -> {fmt} exporter is registered")
             raise UnsupportedError(
                 f"'{handle.path}' is TorchScript: torch.export (which litert-torch uses) cannot trace a ScriptModule, so "
-                f"its only way to {fmt} is TorchScript -> ONNX -> {fmt}, and that second step is not available: "
-                f"{reason.split('. ')[0].rstrip('.')}.",
+                f"its only way to {fmt} is TorchScript -> ONNX -> {fmt}. {reason.split('. ')[0].rstrip('.')}.",
                 hint="Export it to ONNX instead (--format onnx; int8 with quantize --format onnx), or save an "
                      "ExportedProgram (.pt2) from the original Python module for the direct path.")
         precheck_onnx(handle)
@@ -109,7 +109,8 @@ def export_torchscript_onnx(job: ExportJob, out: Path) -> dict:
     shape = tuple(h.inputs[0].shape)
     found = forward_constructs(model)
     try:
-        with captured_output():
+        with captured_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no signature found for <torch.ScriptMethod>": ScriptModules have none
             torch.onnx.export(model, (torch.zeros(*shape),), str(out), dynamo=False, opset_version=OPSET,
                               input_names=["input"], output_names=["output"])
     except Exception as exc:

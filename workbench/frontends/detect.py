@@ -120,7 +120,11 @@ def _is_saved_model_proto(p: Path, head: bytes) -> bool:
     if head[:1] != b"\x08" or p.stat().st_size > 2**31:
         return False
     try:
-        seen = {f for f, _, _ in pw.fields(p.read_bytes())}
+        top = list(pw.fields(p.read_bytes()))
+        metas = [v for f, w, v in top if f == 2 and w == pw.LEN]
+        # MetaGraphDef: meta_info_def=1, graph_def=2, saver_def=3, collection_def=4, signature_def=5, asset_file_def=6,
+        # object_graph_def=7: all messages
+        meta_ok = bool(metas) and all(1 <= f <= 8 and w == pw.LEN for m in metas for f, w, _ in pw.fields(m))
     except ValueError:
         return False
-    return 2 in seen and seen <= {1, 2}
+    return meta_ok and {f for f, _, _ in top} <= {1, 2}

@@ -56,8 +56,20 @@ class GraphDefInfo:
 
     @property
     def parameters(self) -> int:
-        return sum(math.prod(n.attrs["value_shape"]) for n in self.nodes
-                   if n.op == "Const" and n.attrs.get("value_shape") is not None and n.attrs.get("dtype") in ("float32", "float16"))
+        return sum(elements(n.attrs.get("value_shape")) for n in self.nodes
+                   if n.op == "Const" and n.attrs.get("dtype") in ("float32", "float16"))
+
+
+def elements(shape) -> int:
+    """Elements of a fully known shape, else 0."""
+    if not isinstance(shape, tuple) or any(not isinstance(d, int) for d in shape):
+        return 0
+    return math.prod(shape)
+
+
+def shape_attr(node: "Node", key: str) -> tuple | None:
+    v = node.attrs.get(key)
+    return v if isinstance(v, tuple) else None
 
 
 def _source(inp: str) -> str:
@@ -168,15 +180,18 @@ def read_graphdef(path: Path) -> GraphDefInfo:
 
 # --- shapes of the candidate outputs: what the graph records, else a small propagation -------------------
 
+MAX_DEPTH = 64  # how far back a candidate output's shape is looked for
+
+
 def _known_shape(node: Node, nodes: dict, seen: set) -> tuple | None:
     shapes = node.attrs.get("_output_shapes")
-    if shapes and shapes[0] is not None:
+    if isinstance(shapes, list) and shapes and isinstance(shapes[0], tuple):
         return shapes[0]
     if node.op == "Placeholder":
-        return node.attrs.get("shape")
+        return shape_attr(node, "shape")
     if node.op == "Const":
-        return node.attrs.get("value_shape")
-    if node.name in seen:
+        return shape_attr(node, "value_shape")
+    if node.name in seen or len(seen) > MAX_DEPTH:
         return None
     seen.add(node.name)
     data = [nodes.get(_source(i)) for i in node.inputs if not i.startswith("^")]
@@ -187,6 +202,8 @@ def _known_shape(node: Node, nodes: dict, seen: set) -> tuple | None:
         return first
     if node.op == "MatMul" and len(data) > 1 and data[1] is not None:
         second = _known_shape(data[1], nodes, seen)
+        if not (first is None or isinstance(first, tuple)) or not isinstance(second, tuple):
+            return None
         if second is None or len(second) != 2 or (first is not None and len(first) != 2):
             return None
         if first is None:
@@ -220,7 +237,7 @@ def signature(info: GraphDefInfo, opts: LoadOptions, path: Path) -> tuple[tuple,
             raise ModelFormatError(f"--inputs names '{name}', which is not a node of '{path}'.",
                                    hint="Placeholders in this graph: " + (", ".join(n.name for n in info.placeholders()) or "none") + ".")
     chosen = [(nodes[n], s) for n, s in wanted_in] or [(n, None) for n in info.placeholders()]
-    ins = tuple(spec_from(n.name, s if s is not None else (n.attrs.get("shape") or ()), _dtype(n)) for n, s in chosen)
+    ins = tuple(spec_from(n.name, s if s is not None else (shape_attr(n, "shape") or ()), _dtype(n)) for n, s in chosen)
     out_names = [o.split(":")[0] for o in opts.graph_outputs]
     for name in out_names:
         if name not in nodes:

@@ -76,6 +76,8 @@ LAYER_TABLES.add("onnx", _graph_rows)
 def _graphdef_rows(handle: ModelHandle) -> LayerTable:
     """A TF1 frozen graph, read without TensorFlow: one row per compute node (constants and the Identity
     reads of frozen variables left out), its weights counted from the constants it reads."""
+    from workbench.frontends.graphdef import elements, shape_attr
+
     info = handle.meta["graphdef"]
     nodes = info.by_name()
 
@@ -83,14 +85,14 @@ def _graphdef_rows(handle: ModelHandle) -> LayerTable:
         n = nodes.get(name.lstrip("^").split(":")[0])
         while n is not None and n.op == "Identity" and n.inputs:
             n = nodes.get(n.inputs[0].split(":")[0])
-        return math.prod(n.attrs["value_shape"]) if n is not None and n.op == "Const" and n.attrs.get("value_shape") is not None else 0
+        return elements(n.attrs.get("value_shape")) if n is not None and n.op == "Const" else 0
 
     rows = []
     for n in info.nodes:
         if n.op in ("Const", "NoOp") or (n.op == "Identity" and all(const_size(i) for i in n.inputs)):
             continue
-        shapes = n.attrs.get("_output_shapes") or [n.attrs.get("shape")]
-        rows.append({"name": n.name, "op": n.op, "shape": list(shapes[0]) if shapes and shapes[0] is not None else None,
+        shapes = n.attrs.get("_output_shapes") if isinstance(n.attrs.get("_output_shapes"), list) else [shape_attr(n, "shape")]
+        rows.append({"name": n.name, "op": n.op, "shape": list(shapes[0]) if shapes and isinstance(shapes[0], tuple) else None,
                      "dtype": str(n.attrs.get("T") or n.attrs.get("dtype") or ""),
                      "params": sum(const_size(i) for i in n.inputs if not i.startswith("^")), "macs": 0})
     return LayerTable(rows, info.parameters, "MACs are not counted for TF1 frozen graphs (read without TensorFlow, "

@@ -126,9 +126,10 @@ def load_savedmodel(path: Path, opts: LoadOptions) -> ModelHandle:
     except Exception as exc:
         raise ModelFormatError(f"TensorFlow could not load the SavedModel '{path}': {str(exc).splitlines()[0]}") from None
     sig = getattr(obj, "signatures", {}).get("serving_default")
-    if sig is None:
-        raise ModelFormatError(f"SavedModel '{path}' has no 'serving_default' signature.",
-                               hint="Save it with a serving signature (model.export(path) in Keras 3).")
+    if sig is None:  # a TF1 export (saved_model.Builder): frozen in a TF1 Session, then a frozen graph
+        from workbench.frontends.tf1_savedmodel import load_tf1_savedmodel
+
+        return load_tf1_savedmodel(path, opts, tf)
     _, kw = sig.structured_input_signature
     ins = tuple(spec_from(k, tuple(v.shape), v.dtype.name) for k, v in sorted(kw.items()))
     outs = tuple(spec_from(k, tuple(v.shape), v.dtype.name) for k, v in sorted(sig.structured_outputs.items()))

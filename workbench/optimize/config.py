@@ -115,6 +115,53 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Weight clustering: every clusterable layer's kernel (Conv2D, DepthwiseConv2D, Dense / Conv2d,
+    Linear) shares ``clusters`` values, fine-tuned with the shared loop. ``layers``: per-layer choices
+    as ``(regex, clusters)`` pairs matched against layer names in order, first match wins; ``clusters``
+    0 leaves a layer alone. Layers with fewer than ``min_weights`` weights are left alone (their
+    tables would cost more than they save)."""
+
+    clusters: int = 16
+    layers: tuple[tuple[str, int], ...] = ()
+    min_weights: int = 256
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-4))
+    calib_samples: int = 200  # for the int8 .tflite the report measures
+
+    def __post_init__(self):
+        import re
+
+        for k in (self.clusters, *(c for _, c in self.layers)):
+            if isinstance(k, bool) or not isinstance(k, int) or not (k == 0 or 2 <= k <= 256):
+                raise ConfigError(f"A cluster count must be a whole number from 2 to 256 (or 0 to leave a layer alone), got {k!r}.",
+                                  hint="16 clusters fit 4-bit TFLite Micro weight compression.")
+        if self.clusters == 0:
+            raise ConfigError("--clusters 0 would cluster nothing; give 2-256.")
+        for rx, _ in self.layers:
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise ConfigError(f"--layer pattern {rx!r} is not a regular expression ({exc}).",
+                                  hint="Write --layer 'REGEX=CLUSTERS', e.g. --layer 'fc.*=32'.") from None
+        if self.min_weights < 1 or self.calib_samples < 1:
+            raise ConfigError("min_weights and calib_samples must be positive.")
+
+    def clusters_for(self, name: str) -> int:
+        import re
+
+        for rx, k in self.layers:
+            if re.search(rx, name):
+                return k
+        return self.clusters
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        d["layers"] = [list(x) for x in self.layers]
+        return d
+
+
+@dataclass(frozen=True)
 class QATConfig:
     """Quantization-aware training to an int8 .tflite. ``on_unsupported``: ``float`` leaves layers
     the QAT tooling cannot wrap in float (and names them), ``error`` refuses the model."""

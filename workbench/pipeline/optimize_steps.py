@@ -1,4 +1,4 @@
-"""The prune and qat steps of a recipe (see workbench.pipeline.steps), as calls into this package's API."""
+"""The prune, cluster and qat steps of a recipe (see workbench.pipeline.steps), as calls into this package's API."""
 
 from __future__ import annotations
 
@@ -28,6 +28,21 @@ def prune_step(handle: ModelHandle, opts: dict, data: dict, adir: Path):
     factory = handle.meta.get("factory") if out.suffix == ".pt" else None
     pruned = load(out, LoadOptions(factory=factory))
     return pruned, {}, {"method": cfg.method, "sparsity": cfg.sparsity, "before": report.before, "after": report.after}
+
+
+@OPTIMIZERS.register("cluster")
+def cluster_step(handle: ModelHandle, opts: dict, data: dict, adir: Path):
+    from workbench.optimize.cluster import OUTPUTS, cluster
+    from workbench.optimize.config import ClusterConfig
+
+    layers = tuple((str(rx), int(k)) for rx, k in (opts.get("layers") or {}).items())
+    cfg = ClusterConfig(clusters=int(opts.get("clusters", 16)), layers=layers, min_weights=int(opts.get("min_weights", 256)),
+                        train=_train_config({"epochs": 1, **opts}, data, 1e-4))
+    out = adir / ("clustered" + OUTPUTS.get(handle.format, (".keras",))[0])
+    report = cluster(handle, out, cfg, data["train"], measure_int8=False)
+    factory = handle.meta.get("factory") if out.suffix == ".pt" else None
+    return load(out, LoadOptions(factory=factory)), {}, {"clusters": cfg.clusters, "before": report.before,
+                                                         "after": report.after, "layers": report.layers}
 
 
 @OPTIMIZERS.register("qat")

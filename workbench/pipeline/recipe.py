@@ -30,9 +30,11 @@ from workbench.core.errors import ConfigError
 SCHEMA = {
     "": {"name", "models", "data", "variants", "targets", "budgets", "description"},
     "models": {"name", "path", "factory", "input_shape", "trust_model"},
-    "data": {"calib", "train", "eval", "calib_samples", "eval_samples", "train_samples", "metric"},
-    "variants": {"name", "scheme", "formats", "prune", "qat", "calibrator", "per_channel", "io_dtype", "frameworks"},
+    "data": {"calib", "train", "eval", "calib_samples", "eval_samples", "train_samples", "metric", "eval_on_target"},
+    "variants": {"name", "scheme", "formats", "prune", "cluster", "qat", "calibrator", "per_channel", "io_dtype", "frameworks",
+                 "keep_float"},
     "prune": {"method", "sparsity", "epochs", "schedule", "lr"},
+    "cluster": {"clusters", "epochs", "lr", "layers", "min_weights"},
     "qat": {"epochs", "lr"},
 }
 
@@ -57,9 +59,12 @@ class Variant:
     per_channel: bool = True
     io_dtype: str | None = None
     frameworks: tuple[str, ...] = ()  # empty: every model
+    keep_float: tuple[str, ...] = ()  # layers (output tensor names, see debug-quant) kept in float: mixed precision
+    cluster: dict | None = None  # weight clustering before export (see workbench.optimize.cluster)
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+    def to_dict(self) -> dict:  # "cluster" only when set, so variants without it keep their cache keys
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+                if k != "cluster" or v is not None}
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
         variants.append(Variant(name=str(v.get("name") or f"variant{i + 1}"), scheme=scheme, formats=formats,
                                 prune=v.get("prune"), qat=v.get("qat"), calibrator=v.get("calibrator", "minmax"),
                                 per_channel=bool(v.get("per_channel", True)), io_dtype=v.get("io_dtype"),
-                                frameworks=tuple(v.get("frameworks") or ())))
+                                frameworks=tuple(v.get("frameworks") or ()),
+                                keep_float=tuple(str(x) for x in (v.get("keep_float") or ())), cluster=v.get("cluster")))
     if not variants:
         raise ConfigError(f"Recipe '{p}' lists no variants.", hint="Add a 'variants:' list, e.g. - {name: int8, scheme: int8}.")
     names = [v.name for v in variants]
@@ -154,8 +160,8 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
     needs_calib = any(v.scheme in ("int8", "int16x8") for v in variants)
     if needs_calib and not data.get("calib"):
         raise ConfigError(f"Recipe '{p}': int8/int16x8 variants need data.calib (calibration data).")
-    if any(v.prune or v.qat for v in variants) and not data.get("train"):
-        raise ConfigError(f"Recipe '{p}': prune and qat steps need data.train (training data).")
+    if any(v.prune or v.qat or v.cluster for v in variants) and not data.get("train"):
+        raise ConfigError(f"Recipe '{p}': prune, cluster and qat steps need data.train (training data).")
     from workbench.pipeline.budgets import parse_budget
 
     budgets = tuple(str(b) for b in (doc.get("budgets") or ()))

@@ -28,7 +28,7 @@ def execute(job, adir: Path) -> dict:
     info: dict = {}
     errors: list[str] = []
     _register_builtin()
-    for step in ("prune", "qat"):
+    for step in ("prune", "cluster", "qat"):
         opts = getattr(v, step)
         if opts:
             handle, made, step_info = OPTIMIZERS.get(step)(handle, dict(opts), data, adir)
@@ -48,7 +48,8 @@ def execute(job, adir: Path) -> dict:
             elif handle is not None:
                 out = adir / f"model{EXT[fmt]}"
                 convert_model(handle, fmt, out, scheme=v.scheme, calib=calib, calib_samples=data.get("calib_samples", 200),
-                            calibrator=v.calibrator, per_channel=v.per_channel, io_dtype=v.io_dtype)
+                              calibrator=v.calibrator, per_channel=v.per_channel, io_dtype=v.io_dtype,
+                              **({"keep_float": v.keep_float} if v.keep_float else {}))
                 artifacts[fmt] = out
         except WorkbenchError as exc:  # one impossible combination must not sink the whole run: record it
             errors.append(f"{fmt}: {exc.message}")
@@ -65,8 +66,10 @@ def execute(job, adir: Path) -> dict:
             base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop_pp", "argmax_agreement", "sqnr_db")})
             base.update(task_columns(m))
         if fmt == "tflite" and job.targets:
-            for t in job.targets:
-                rows.append({**base, **_emulated(path, t)})
+            targets = [t for t in job.targets if not _npu_skips(t, v.scheme, rows, base)]
+            on_target = source if data.get("eval_on_target") and data.get("eval") else None
+            for t in targets:
+                rows.append({**base, **_emulated(path, t, data if on_target is not None else None, on_target)})
         else:
             rows.append(base)
     return {"rows": rows, "errors": errors, "info": info, "artifacts": {k: str(Path(p).relative_to(adir)) for k, p in artifacts.items()}}
@@ -107,13 +110,34 @@ def _layer_errors(handle, tflite: Path | None, v, data: dict, adir: Path) -> lis
     return [{"layer": r.name.split(";")[0], "op": r.op, "sqnr_db": r.sqnr_db} for r in sorted(rows, key=lambda r: r.index)]
 
 
-def _emulated(path: Path, target: str) -> dict:
+# Vela compiles fully integer models only; other schemes would leave every op on the host CPU.
+NPU_SCHEMES = ("int8", "int16x8")
+
+
+def _npu_skips(target: str, scheme: str, rows: list, base: dict) -> bool:
+    """An NPU board gets only int8 (and int16x8) variants: others are a row saying why, not an emulation."""
+    from workbench.emulate import load_target
+
+    if load_target(target).npu is None or scheme in NPU_SCHEMES:
+        return False
+    rows.append({**base, "target": target, "fits": None,
+                 "skipped": f"{scheme} variants are not compiled for NPU targets: Vela offloads only fully integer "
+                            "(int8/int16x8) models, so every op would stay on the host CPU"})
+    return True
+
+
+def _emulated(path: Path, target: str, data: dict | None = None, reference=None) -> dict:
+    """The emulate columns of one row; with ``data`` (``eval_on_target``) also the task metric of the
+    model run as the target runs it (the firmware's kernels on an MCU) against ``reference``."""
     from workbench.emulate import emulate
 
     from workbench.core.errors import UnsupportedError
 
+    kw = {}
+    if data is not None:
+        kw = {"eval_data": data["eval"], "reference": reference, "eval_samples": data.get("eval_samples", 500)}
     try:
-        r = emulate(path, target).to_dict()
+        r = emulate(path, target, **kw).to_dict()
     except UnsupportedError as exc:  # the target's runtime cannot run this model at all (e.g. hybrid on TFLM)
         return {"target": target, "fits": False, "error": exc.message}
     except WorkbenchError as exc:
@@ -124,6 +148,10 @@ def _emulated(path: Path, target: str) -> dict:
     out["target_kind"] = r.get("target_kind")
     out["flash_limit_bytes"] = r.get("flash_budget_bytes")
     out["ram_limit_bytes"] = r.get("ram_budget_bytes")
+    acc = r.get("accuracy") or {}
+    for k in ("accuracy", "accuracy_drop_pp", "metric", "metric_loss"):
+        if acc.get(k) is not None:
+            out[f"target_{k}"] = acc[k]
     fw = r.get("firmware")
     if fw:  # the per-op instruction counts, for the report's chart
         out["instructions"] = fw["instructions"]
@@ -146,6 +174,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        from workbench.pipeline import optimize_steps  # noqa: F401  (registers prune and qat)
+        from workbench.pipeline import optimize_steps  # noqa: F401  (registers prune, cluster and qat)
 
         _done = True

@@ -120,3 +120,37 @@ def firmware_ops(rows: list[dict]) -> bytes | None:
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def optimize_front(doc: dict) -> bytes | None:
+    """Every measured candidate of ``optimize``: accuracy loss against latency, the Pareto front
+    joined, the budgets drawn, the chosen one ringed."""
+    cands = [c for c in doc["candidates"] if c.get("latency_ms") is not None and c.get("drop_pp") is not None]
+    if not cands:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = {c["variant"] for c in doc["pareto"]}
+    for c in cands:
+        ok = not c["broken_budgets"]
+        ax.scatter(c["latency_ms"], c["drop_pp"], color="#2e86c1" if ok else "#c0392b", s=30, zorder=3)
+        ax.annotate(c["variant"], (c["latency_ms"], c["drop_pp"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    pf = sorted((c for c in cands if c["variant"] in front), key=lambda c: c["latency_ms"])
+    if len(pf) > 1:
+        ax.plot([c["latency_ms"] for c in pf], [c["drop_pp"] for c in pf], color="#7f8c8d", lw=1, zorder=2)
+    b = doc["budgets"]
+    if b.get("max_latency_ms") is not None:
+        ax.axvline(b["max_latency_ms"], color="#e67e22", ls="--", lw=1, label=f"latency budget {b['max_latency_ms']:g} ms")
+    if b.get("max_drop_pp") is not None:
+        ax.axhline(b["max_drop_pp"], color="#8e44ad", ls="--", lw=1, label=f"loss budget {b['max_drop_pp']:g} pp")
+    if doc.get("chosen"):
+        c = doc["chosen"]
+        ax.scatter(c["latency_ms"], c["drop_pp"], s=160, facecolors="none", edgecolors="#27ae60", lw=2, zorder=4, label="chosen")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency on {doc['target']} (ms)")
+    ax.set_ylabel("accuracy loss (points)")
+    ax.set_title("optimize: candidates (red: breaks a budget), Pareto front joined", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

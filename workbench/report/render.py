@@ -103,3 +103,44 @@ def write_reports(doc: dict, out: Path, broken: list[dict]) -> dict[str, Path]:
     write_text_atomic(paths["markdown"], markdown(doc, broken))
     write_text_atomic(paths["html"], html_page(doc, broken, figs))
     return paths
+
+
+def write_optimize_report(doc: dict, out: Path) -> Path:
+    """``optimize.html``: the candidates table and the accuracy-loss/latency plot with the budgets."""
+    from workbench.report import plots as P
+
+    e = html.escape
+    cols = [("variant", "variant"), ("stage", "stage"), ("drop_pp", "loss (pp)"), ("latency_ms", "latency ms"),
+            ("ram_bytes", "RAM"), ("flash_bytes", "flash"), ("method", "measured by"), ("broken_budgets", "breaks")]
+
+    def cell(k, v):
+        if k in ("ram_bytes", "flash_bytes"):
+            return _fmt(k, v)
+        if k == "broken_budgets":
+            return ", ".join(v) if v else ("-" if v is not None else "not built")
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return "-" if v is None else str(v)
+
+    try:
+        png = P.optimize_front(doc)
+    except Exception as exc:  # a missing matplotlib must not lose the table
+        from workbench.core.errors import MissingDependencyError
+
+        if not isinstance(exc, MissingDependencyError):
+            raise
+        png = None
+    chosen = doc.get("chosen")
+    rows = "".join("<tr class='{}'>{}</tr>".format("bad" if c.get("broken_budgets") else "",
+                                                    "".join(f"<td>{e(cell(k, c.get(k)))}</td>" for k, _ in cols))
+                   for c in doc["candidates"])
+    img = f"<img alt='candidates' src='data:image/png;base64,{base64.b64encode(png).decode()}'>" if png else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>workbench optimize</title>"
+            f"<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}"
+            f"tr.bad td{{color:#c0392b}}</style></head><body><h1>optimize {e(doc['model'])} for {e(doc['target'])}</h1>"
+            f"<p>budgets: {e(str(doc['budgets']))}; chosen: <b>{e(chosen['variant']) if chosen else 'nothing fits'}</b></p>"
+            f"{img}<table><tr>{''.join(f'<th>{e(h)}</th>' for _, h in cols)}</tr>{rows}</table>"
+            f"<h2>skipped</h2><ul>{''.join(f'<li>{e(x)}</li>' for x in doc['skipped'])}</ul></body></html>")
+    path = out / "optimize.html"
+    write_text_atomic(path, page)
+    return path

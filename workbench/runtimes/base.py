@@ -13,7 +13,8 @@ RUNNERS: Registry[Callable[..., "Runner"]] = Registry("runtime")
 # The runtime a format runs in when none is named.
 DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "ort", "ort": "ort", "keras": "keras", "h5": "keras",
                    "savedmodel": "keras", "torchscript": "torch", "exported_program": "torch", "state_dict": "torch",
-                   "pickle": "torch", "frozen_graph": "tf1-session"}
+                   "pickle": "torch", "frozen_graph": "tf1-session",
+                   "savedmodel_tf1": "tf1-session"}
 
 
 class Runner:

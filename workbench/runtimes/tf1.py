@@ -15,7 +15,8 @@ def pruned_graph_def(tf, handle: ModelHandle):
     """The GraphDef in ``handle.path`` cut down to what computes the handle's outputs (a frozen training graph
     keeps its gradient and optimizer nodes, which may not even import once the variables became constants)."""
     graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(handle.path.read_bytes())
+    data = handle.meta.get("graphdef_bytes")  # a TF1 SavedModel frozen at load time
+    graph_def.ParseFromString(data if data is not None else handle.path.read_bytes())
     if handle.outputs:
         with captured_output():
             graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, [o.name for o in handle.outputs])
