@@ -145,3 +145,33 @@ def test_compressed_bit_exact_on_firmware(clustered_int8, tmp_path):
     assert np.array_equal(out[1], np.asarray(TflmRunner(load(comp))._run(x)).ravel())
     assert any(op["op"] == "TFLM_DECODE" for op in b.per_op)
     assert b.instructions > a.instructions  # decoding costs instructions
+
+
+def test_recipe_cluster_step_parses(tmp_path, digits_keras_path):
+    from workbench.pipeline.recipe import load_recipe
+
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: c\nmodels: [{{path: {digits_keras_path}}}]\ndata: {{train: digits:train, calib: digits:train}}\n"
+                 "variants: [{name: c16, scheme: int8, cluster: {clusters: 16, epochs: 1, layers: {'^fc$': 8}}}]\n")
+    rec = load_recipe(r)
+    assert rec.variants[0].cluster == {"clusters": 16, "epochs": 1, "layers": {"^fc$": 8}}
+    r.write_text(f"name: c\nmodels: [{{path: {digits_keras_path}}}]\nvariants: [{{name: c16, cluster: {{clusters: 16}}}}]\n")
+    with pytest.raises(ConfigError, match="data.train"):
+        load_recipe(r)
+    r.write_text(f"name: c\nmodels: [{{path: {digits_keras_path}}}]\ndata: {{train: digits:train}}\n"
+                 "variants: [{name: c16, cluster: {clusters: 16, bogus: 1}}]\n")
+    with pytest.raises(ConfigError):
+        load_recipe(r)
+
+
+@pytest.mark.slow
+def test_recipe_cluster_step_runs(tmp_path, digits_keras_path):
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: c\nmodels: [{{path: {digits_keras_path}}}]\n"
+                 "data: {train: digits:train, calib: digits:train, eval: digits:test, eval_samples: 200, calib_samples: 100}\n"
+                 "variants: [{name: c16, scheme: int8, formats: [tflite], cluster: {clusters: 16, epochs: 1}}]\n"
+                 "targets: [stm32l4r5]\n")
+    res = CliRunner().invoke(main, ["run", str(r), "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert rows and all(row["accuracy"] > 0.9 for row in rows if row.get("accuracy") is not None)

@@ -132,3 +132,42 @@ def test_recipes_compile_only_integer_variants_for_npu_boards(tmp_path, digits_k
     rows = {r["variant"]: r for r in doc["rows"] if r.get("target") == "corstone-300"}
     assert rows["float"]["fits"] is None and "Vela offloads only fully integer" in rows["float"]["skipped"]
     assert rows["int8"]["fits"] is True and rows["int8"]["latency_ms"] > 0
+
+
+def test_tflm_export_for_an_npu_board_holds_the_vela_model_and_compiles(digits_tflite_int8, tmp_path):
+    """export --format tflm --target <Ethos-U board>: the Vela-compiled model, AddEthosU() in the resolver,
+    a README naming the driver and memory regions; the sources compile against the TFLM tree's headers."""
+    import os
+    import shutil
+
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    out = tmp_path / "npu"
+    r = CliRunner().invoke(main, ["export", str(digits_tflite_int8), "--format", "tflm", "--target", "corstone-300",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    resolver = next(out.glob("*_op_resolver.h")).read_text()
+    assert "AddEthosU()" in resolver
+    readme = (out / "README.md").read_text()
+    assert "Ethos-U core driver" in readme or "ethos-u-core-driver" in readme
+    assert "Shared_Sram" in readme and "ethos-u55-128" in readme
+    import json
+
+    npu = json.loads((out / "manifest.json").read_text())["metrics"]["npu"]
+    assert npu["compiler"] == "vela" and npu["npu_ops"] >= 1 and npu["arena_bytes"] > 0
+    tree = os.environ.get("WORKBENCH_TFLM_DIR")
+    gxx = shutil.which("arm-none-eabi-g++")
+    if not tree or not gxx:
+        pytest.skip("compiling needs arm-none-eabi-g++ and a TFLM tree (WORKBENCH_TFLM_DIR)")
+    dl = f"{tree}/tensorflow/lite/micro/tools/make/downloads"
+    for src in ["main.cc", *[p.name for p in out.glob("*_model_data.cc")]]:
+        cmd = [gxx, "-std=c++17", "-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard", "-fno-rtti", "-fno-exceptions",
+               "-DTF_LITE_STATIC_MEMORY", "-Wall", "-Wextra", "-Werror", "-isystem", tree, "-isystem", f"{dl}/flatbuffers/include",
+               "-isystem", f"{dl}/gemmlowp", "-isystem", f"{dl}/ruy", "-c", src, "-o", str(tmp_path / (src + ".o"))]
+        res = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+    r = CliRunner().invoke(main, ["export", str(digits_tflite_int8), "--format", "tflm", "--target", "corstone-300",
+                                  "-o", str(tmp_path / "v"), "--verify"])
+    assert r.exit_code == 2 and "Ethos-U" in r.output

@@ -55,17 +55,22 @@ def evaluate(reference, candidate, data, **kw):
 def export_tflm(model, out: str | Path, **kw):
     """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
     Keywords as :func:`workbench.export.convert.export_tflm`."""
+    from workbench.core.errors import ConfigError
+    from workbench.emulate.project import assess_on, npu_compiler, verifier
     from workbench.export.convert import export_tflm as _export_tflm
-
-    from workbench.emulate.project import assess_on, verifier
 
     verify, tflm_dir = kw.pop("verify", False), kw.pop("tflm_dir", None)
     if verify and kw.get("target") is None:
-        from workbench.core.errors import ConfigError
-
         raise ConfigError("--verify builds the project for a target: give --target NAME (workbench targets list).")
     if kw.get("target") is not None:
+        from workbench.emulate import load_target
+
         kw.setdefault("assess", assess_on(kw["target"]))
+        if load_target(kw["target"]).npu is not None:  # the sources hold the model compiled for the NPU
+            if verify:
+                raise ConfigError(f"--verify runs the firmware on QEMU, which emulates no Ethos-U NPU; target "
+                                  f"'{kw['target']}' cannot be verified that way.", hint="Drop --verify for NPU boards.")
+            kw.setdefault("npu", npu_compiler(kw["target"]))
     if verify:
         kw["verify"] = verifier(kw["target"], tflm_dir, kw.get("layout", "plain"), kw.get("lang", "cpp"))
     return _export_tflm(model, out, **kw)

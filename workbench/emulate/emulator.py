@@ -110,6 +110,14 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
     aborts) becomes an unsupported op of the report, so the verdict still comes."""
     if tgt.runtime.name != "tflm" or firmware is False or not support.supported:
         return None, None, support
+    model_bytes = Path(handle.path).stat().st_size
+    room = _machine_code_bytes(tgt)
+    if room is not None and model_bytes > room:
+        # The emulated machine is bigger than the board, but not without limit: a model larger than its code
+        # memory cannot be linked (building such a firmware only to see the linker overflow takes minutes).
+        notes.append(f"Not run on firmware: the model alone ({model_bytes:,} B) is larger than the emulated machine's "
+                     f"code memory ({room:,} B); flash, RAM and latency are the documented estimates.")
+        return None, None, support
     from workbench.emulate.firmware import firmware_support
 
     why_not = None if firmware else firmware_support(tgt, tflm_dir=tflm_dir)
@@ -162,6 +170,15 @@ def _memory(path: Path, graph, tgt: Target, context: dict, support: compat.Compa
             return memory.tflm_with_arena(path, tgt, arena, "smallest arena with which the host TFLM build allocates "
                                           "(it fails in invoke, so allocation alone was measured)"), support
         return memory.flash_only(path, tgt, exc.message), support
+
+
+def _machine_code_bytes(tgt: Target) -> int | None:
+    """Bytes the QEMU machine for the target's core has for code and the model, or None when there is none."""
+    from workbench.emulate.firmware.machines import machine_for_core, machine_problem
+
+    if machine_problem(tgt.core):
+        return None
+    return machine_for_core(tgt.core).code.size
 
 
 def _accuracy(handle, target: Target, threads: int, eval_data, reference, eval_samples, runner=None, metric=None) -> dict:

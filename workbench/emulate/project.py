@@ -79,3 +79,24 @@ def verify_project(tflite_path, target, *, tflm_dir=None, layout: str = "plain",
         raise CheckFailed(f"The exported project was built and run for {tgt.name}, but " + "; ".join(problems) + ".",
                           hint="The sources are written to the output folder; fix what is named and export again.")
     return result
+
+
+def npu_compiler(target):
+    """The ``npu`` function the export stage takes for a board with an NPU: Vela with the board's
+    configuration; returns the compiled model and the facts its README and manifest carry."""
+    from workbench.emulate.npu.ethos_u import vela_options
+    from workbench.emulate.targets import load_target
+    from workbench.export.vela import compile_for_npu
+
+    tgt = load_target(target)
+    opts = vela_options(tgt)
+
+    def compile_model(path):
+        r = compile_for_npu(path, opts)
+        facts = {"compiler": "vela", "target": tgt.name, **opts.to_dict(), "npu_ops": r.npu_ops,
+                 "cpu_ops": [c.get("op") for c in r.cpu_ops], "arena_bytes": int(r.sram_bytes) or 16,
+                 "sram_bytes": int(r.sram_bytes), "flash_bytes": int(r.flash_bytes),
+                 "original_weight_bytes": int(r.original_weight_bytes), "encoded_weight_bytes": int(r.encoded_weight_bytes)}
+        return r.compiled, facts
+
+    return compile_model

@@ -58,13 +58,16 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
                 overwrite: bool = False, target: str | None = None, name: str | None = None, layout: str = "plain",
                 lang: str = "cpp", labels=None, section: str | None = None, force: bool = False,
                 assess: Callable[[Path], dict] | None = None, verify: Callable[[Path, object], dict] | None = None,
-                strip: str = "portable", compress_bits: int | None = None, **quant):
+                strip: str = "portable", compress_bits: int | None = None,
+                npu: Callable[[Path], tuple[bytes, dict]] | None = None, **quant):
     """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
     ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`);
     ``verify(tflite_path, artifact)`` checks the written project (it builds and runs it) and its
     result joins the manifest's metrics as ``verify``. ``strip``: "portable" (the default), "tflm" or "none"
     (see :data:`~workbench.export.tflm_facts.STRIP_LEVELS`); the sources hold the stripped model.
-    ``compress_bits``: LUT-compress the weights (see :mod:`workbench.export.compress`) first."""
+    ``compress_bits``: LUT-compress the weights (see :mod:`workbench.export.compress`) first.
+    ``npu(tflite) -> (compiled bytes, facts)``: an NPU board's compiler (Vela for Ethos-U); the sources
+    then hold the compiled model, whose ``ethos-u`` operator the resolver registers with ``AddEthosU()``."""
     import tempfile
 
     from workbench.core.files import check_input_file, check_output
@@ -81,9 +84,24 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             src = Path(tmp) / (Path(handle.path).stem + ".tflite")
             quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
             convert_model(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
+        npu_facts = None
+        if npu is not None:
+            compiled, npu_facts = npu(Path(src))
+            original = Path(src)
+            src = Path(tmp) / (original.stem + "_vela.tflite")
+            src.write_bytes(compiled)
+            if assess is not None:  # the board is judged on the model it is given, which the emulator compiles itself
+                judged = assess
+                assess = lambda _compiled: judged(original)  # noqa: E731
+            strip, compress_bits = "none", None  # Vela's output is kept as Vela wrote it
         art = write_tflm_project(src, out, name=name, target=target, layout=layout, lang=lang,
                                  labels=label_list, section=section, force=force, overwrite=overwrite,
-                                 assess=assess, strip=strip, compress_bits=compress_bits)
+                                 assess=assess, strip=strip, compress_bits=compress_bits, npu=npu_facts,
+                                 arena_bytes=(npu_facts or {}).get("arena_bytes"))
+        if npu is not None:  # the compiled model lives in the sources; the artifact's source is the user's model
+            from dataclasses import replace
+
+            art = replace(art, source=Path(handle.path))
         if verify is not None:
             deployed = Path(src)
             if strip != "none" or compress_bits:  # the firmware is built from the bytes the sources hold

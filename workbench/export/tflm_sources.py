@@ -194,6 +194,30 @@ def _shortfalls(rep: dict) -> list[str]:
     return out
 
 
+def _npu_readme(npu: dict) -> str:
+    """What a firmware needs to run the NPU-compiled model (Arm Ethos-U through TFLite Micro)."""
+    rows = "\n".join(f"| {md_text(str(k))} | {md_text(str(v))} |" for k, v in npu.items() if k != "command")
+    return f"""
+## Arm Ethos-U
+
+The model data is the Vela-compiled model: the operators Vela offloaded are one `ethos-u` custom
+operator (registered by `AddEthosU()` in the op resolver), the rest run on the CPU in TFLite Micro.
+Your firmware needs:
+
+- TFLite Micro built with the Ethos-U kernel (`CO_PROCESSOR=ethos_u ETHOSU_ARCH=u55` or `u65`/`u85`
+  in TFLite Micro's Makefile) and Arm's Ethos-U core driver (`ethos-u-core-driver`) initialised for
+  your board's NPU base address and interrupt before the interpreter is created;
+- the tensor arena and the model placed where Vela assumed (the memory mode below: with
+  `Shared_Sram` the arena must be in SRAM the NPU can reach; with `Dedicated_Sram` a separate
+  cache of `arena_cache_size` bytes in fast SRAM), and 16-byte alignment for both;
+- the same Vela configuration as here if you recompile:
+
+| Vela | value |
+|---|---|
+{rows}
+"""
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -201,7 +225,7 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
                        layout: str = "plain", lang: str = "cpp", labels=None, section: str | None = None,
                        force: bool = False, overwrite: bool = False, arena_bytes: int | None = None,
                        margin: ArenaMargin = ARENA_MARGIN, assess: Callable[[Path], dict] | None = None,
-                       strip: str = "none", compress_bits: int | None = None) -> Artifact:
+                       strip: str = "none", compress_bits: int | None = None, npu: dict | None = None) -> Artifact:
     """Write TensorFlow Lite Micro sources for ``tflite_path`` into the folder ``out_dir``.
 
     ``labels``: class labels for output 0, as a sequence of strings or a path to a UTF-8
@@ -214,7 +238,10 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     :mod:`workbench.export.strip`, checked bit-identical, with the C comments still naming the original's
     tensors). ``compress_bits``: LUT-compress constant tensors with at most 2**bits distinct values first
     (:mod:`workbench.export.compress`; checked bit-identical in TFLM). Returns an Artifact of format "tflm" whose manifest
-    (``manifest.json`` in the folder) is already written.
+    (``manifest.json`` in the folder) is already written. ``npu``: facts of the NPU compiler that made
+    ``tflite_path`` (Vela for Ethos-U: accelerator, system config, memory mode, SRAM, flash); the
+    ``ethos-u`` operator is then expected (TFLM runs it through the Ethos-U driver, not on this machine),
+    and the README says what the firmware needs.
     """
     src = check_input_file(tflite_path)
     if not src.is_file():
@@ -232,7 +259,10 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     where = src.name
     graph = read_tflite_bytes(data, str(src))
     c_name, note = _choose_name(name, src)
-    _check_tflm(graph, where)
+    if npu is None:
+        _check_tflm(graph, where)
+    elif arena_bytes is None:
+        raise ConfigError(f"'{where}' is compiled for an NPU: give its arena size (the NPU compiler reports it).")
     ops = resolver_ops(used_ops(data, where), where)
     inputs = _io_tensors(graph, graph.inputs, where, "input")
     outputs = _io_tensors(graph, graph.outputs, where, "output")
@@ -250,9 +280,13 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
                        description=str(graph.meta.get("description", "")), ops=ops, inputs=inputs, outputs=outputs,
                        labels=label_list, arena=arena, target=report)
     files = render_files(facts, opts)
+    if npu is not None:
+        files["README.md"] += _npu_readme(npu)
     metrics = {"model_bytes": facts.size, "arena_bytes": arena.size, "arena_measured_bytes": arena.measured,
                "arena_margin_bytes": arena.margin, "arena_measured_by": how, "op_count": len(ops),
                "ops": [op.kind for op in ops]}
+    if npu is not None:
+        metrics["npu"] = npu
     if stripped is not None:
         metrics["strip"] = stripped
     if compressed is not None:
