@@ -29,6 +29,7 @@ class Case:
     model: Path
     data: Path  # npz with x (the model's layout) and y (float-model argmax)
     extra: list = field(default_factory=list)  # extra CLI args (e.g. --factory)
+    tflite_path: bool = True  # False: the conversion matrix has no TFLite route from this format (TorchScript, ONNX)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -197,8 +198,8 @@ def _tf_keras_residual(folder: Path, name: str) -> Case:
 def _torch_nets():
     """The hand-written PyTorch architectures, built lazily so importing this module needs no torch."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     def cbr(cin, cout, k=3, s=1, groups=1, act=nn.ReLU):
         layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -465,7 +466,8 @@ def _torch_case(kind: str, family: str, save: str = "pt2"):
             torch.onnx.export(net, example, str(path), dynamo=True, external_data=True)
         else:
             raise ValueError(save)
-        return Case(name, family if save in ("pt2", "state_dict") else "file", path, data, extra)
+        framework = save in ("pt2", "state_dict")
+        return Case(name, family if framework else "file", path, data, extra, tflite_path=framework)
     return build
 
 
@@ -534,9 +536,10 @@ def _find(doc, key):
 
 
 def _reason(text: str) -> str:
+    """The error line and the explanation after it (the upstream reason and the way out)."""
     lines = [l.strip() for l in text.splitlines() if l.strip()]
-    err = [l for l in lines if l.lower().startswith(("error", "hint", "refused"))] or lines[-3:]
-    return " | ".join(err)[:400]
+    at = next((i for i, l in enumerate(lines) if l.startswith("Error:")), max(0, len(lines) - 2))
+    return " | ".join(lines[at:at + 2])[:600]
 
 
 def _invoke(args: list) -> tuple[int | None, dict | None, str, float, BaseException | None]:
@@ -550,11 +553,10 @@ def _invoke(args: list) -> tuple[int | None, dict | None, str, float, BaseExcept
     t = time.perf_counter()
     r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
     dt = time.perf_counter() - t
-    doc = None
     try:
         doc = json.loads(r.stdout)
-    except Exception:
-        pass
+    except ValueError:  # not JSON: a refusal or a crash printed text
+        doc = None
     exc = r.exception if (r.exception is not None and not isinstance(r.exception, SystemExit)) else None
     return r.exit_code, doc, r.output, dt, exc
 
@@ -566,7 +568,8 @@ def _classify(code, out, exc, emulate=False, doc=None) -> tuple[str, str]:
         return "ok", ""
     if code == 1 and emulate:
         fits = _find(doc, "fits") if doc else None
-        return ("verdict", "does not fit: " + _reason(out)) if fits is False else ("FAIL", "exit 1 without a verdict")
+        reasons = "; ".join(map(str, _find(doc, "reasons") or [])) or _reason(out)
+        return ("verdict", "does not fit: " + reasons[:600]) if fits is False else ("FAIL", "exit 1 without a verdict")
     if code in (2, 3) and _reason(out):
         return "refused", _reason(out)
     return "FAIL", f"exit {code}: {_reason(out)}"
@@ -577,7 +580,8 @@ def run_case(case: Case, folder: Path, calib_samples: int = 64, eval_samples: in
     folder = Path(folder)
     m, d, extra = case.model, case.data, list(case.extra)
     steps: dict[str, Step] = {}
-    row = {"name": case.name, "family": case.family, "steps": steps, "accuracy": None, "drop_pp": None}
+    row = {"name": case.name, "family": case.family, "steps": steps, "accuracy": None, "drop_pp": None,
+           "tflite_path": case.tflite_path}
 
     def run(step, args, emulate=False):
         code, doc, out, dt, exc = _invoke(args)
@@ -643,3 +647,12 @@ def table(rows: list[dict]) -> str:
         cells.append("yes" if r.get("reached") else "NO")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + notes)
+
+
+def rates(rows: list[dict]) -> dict:
+    """Rows reaching int8 TFLite with both emulate verdicts: over all rows, and over the rows whose format has a
+    TFLite route (TorchScript and ONNX files are refused by the conversion matrix, by design)."""
+    routed = [r for r in rows if r["tflite_path"]]
+    reached = sum(bool(r["reached"]) for r in rows)
+    return {"rows": len(rows), "reached": reached, "rate_all": reached / max(1, len(rows)),
+            "routed": len(routed), "rate_routed": sum(bool(r["reached"]) for r in routed) / max(1, len(routed))}
