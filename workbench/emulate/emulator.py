@@ -102,6 +102,10 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
                         accuracy=accuracy, runtime=runtime_info, firmware=fw)
 
 
+# What GNU ld says when sections do not fit a memory region of the linker script.
+LINK_OVERFLOW = ("overflowed by", "will not fit in region")
+
+
 def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | None, tflm_dir, eval_data, reference,
                  eval_samples, notes: list[str], metric: str | None = None):
     """(firmware report or None, accuracy or None, support): the firmware run when it can and should happen.
@@ -139,6 +143,10 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
             accuracy["vs_litert"] = lsb_agreement(handle, *runner.last)
         return runner.report, accuracy, support
     except (UnsupportedError, RuntimeFailure) as exc:
+        if any(k in exc.message for k in LINK_OVERFLOW):  # too big for the emulated machine: a size, not a defect
+            notes.append(f"Not run on firmware: the linked image does not fit the emulated machine's memory "
+                         f"({exc.message.splitlines()[0][:200]}); flash, RAM and latency are the documented estimates.")
+            return None, None, support
         problem = getattr(exc, "problem", None) or {"kind": "firmware_failure", "message": exc.message}
         if exc.hint:
             problem = {**problem, "hint": exc.hint}

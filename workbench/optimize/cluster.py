@@ -28,7 +28,7 @@ from workbench.core.files import atomic_path, check_output
 from workbench.core.registry import Registry
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
-from workbench.optimize.common import TrainingData, open_store, prepare_data
+from workbench.optimize.common import FineTuneReport, TrainingData, open_store, prepare_data
 from workbench.optimize.config import ClusterConfig
 from workbench.optimize.train import CheckpointStore, ProgressFn, TrainResult
 
@@ -78,20 +78,8 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, 
 
 
 @dataclass(frozen=True)
-class ClusterReport:
-    model: str
-    output: str
-    config: dict
-    data: dict
-    training: dict
-    before: dict
-    after: dict
-    layers: list
-    extra: dict
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "output": self.output, "config": self.config, "data": self.data,
-                "training": self.training, "before": self.before, "after": self.after, "layers": self.layers, **self.extra}
+class ClusterReport(FineTuneReport):
+    pass
 
 
 def _check_suffix(handle: ModelHandle, out: Path) -> None:

@@ -95,3 +95,23 @@ def open_store(out: Path, handle: ModelHandle, technique: dict, data: TrainingDa
                               hint="Pass --resume to continue it, or --overwrite to discard it and start over.")
         store.clear()
     return store
+
+
+@dataclass(frozen=True)
+class FineTuneReport:
+    """What an optimize step that fine-tunes (pruning, clustering) reports: the config, the data, the
+    training, the model's numbers before and after, and one row per layer."""
+
+    model: str
+    output: str
+    config: dict
+    data: dict
+    training: dict
+    before: dict
+    after: dict
+    layers: list
+    extra: dict
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "output": self.output, "config": self.config, "data": self.data,
+                "training": self.training, "before": self.before, "after": self.after, "layers": self.layers, **self.extra}

@@ -21,7 +21,7 @@ from workbench.core.errors import ConfigError, UnsupportedError
 from workbench.core.files import atomic_path, check_output
 from workbench.frontends import ModelHandle, load
 from workbench.frontends.loader import LoadOptions
-from workbench.optimize.common import TrainingData, open_store, prepare_data
+from workbench.optimize.common import FineTuneReport, TrainingData, open_store, prepare_data
 from workbench.optimize.config import PruneConfig
 from workbench.optimize.train import CheckpointStore, ProgressFn, TrainResult
 from workbench.core.registry import Registry
@@ -87,21 +87,9 @@ def check_out_suffix(handle: ModelHandle, method: str, out: Path) -> None:
 
 
 @dataclass(frozen=True)
-class PruneReport:
-    model: str
-    output: str
-    config: dict
-    data: dict
-    training: dict
-    before: dict
-    after: dict
-    layers: list
-    extra: dict
-
+class PruneReport(FineTuneReport):
     def to_dict(self) -> dict:
-        return {"model": self.model, "output": self.output, "config": self.config, "data": self.data,
-                "training": self.training, "before": self.before, "after": self.after,
-                "ratios": ratios(self.before, self.after), "layers": self.layers, **self.extra}
+        return {**super().to_dict(), "ratios": ratios(self.before, self.after)}
 
 
 def ratios(before: dict, after: dict) -> dict:
