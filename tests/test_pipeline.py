@@ -122,3 +122,17 @@ def test_ray_executor_gives_the_same_results(tmp_path, digits_keras_path, run_di
     same = {key(x): (x["bytes"], x.get("accuracy"), x.get("arena_bytes")) for x in local["rows"] if x["format"] == "tflite"}
     got = {key(x): (x["bytes"], x.get("accuracy"), x.get("arena_bytes")) for x in doc["rows"]}
     assert got == same  # byte-identical artifacts, same accuracy and arena whichever executor ran them
+
+
+def test_reports_draw_rows_whose_ram_is_unknown(tmp_path):
+    """A variant the target's runtime cannot allocate has no RAM figure: the report still renders, naming it."""
+    from workbench.report import write_reports
+
+    base = {"model": "m", "format": "tflite", "scheme": "int8", "bytes": 1000, "target": "stm32l4r5", "target_kind": "mcu",
+            "flash_limit_bytes": 2_097_152, "ram_limit_bytes": 655_360, "accuracy": 0.9, "latency_ms": 2.0}
+    rows = [{**base, "variant": "int8", "flash_bytes": 90_000, "ram_bytes": 5_000, "fits": True},
+            {**base, "variant": "int16x8", "flash_bytes": 60_000, "ram_bytes": None, "fits": False}]
+    doc = {"recipe": "r", "rows": rows, "jobs": {}}
+    paths = write_reports(doc, tmp_path, [])
+    html = paths["html"].read_text()
+    assert "int16x8" in html and "data:image/png;base64," in html

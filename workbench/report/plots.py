@@ -74,10 +74,10 @@ def memory_bars(rows: list[dict]) -> bytes | None:
         names = [_label(r) for r in rs]
         for ax, key, limit_key, what in ((row_axes[0], "flash_bytes", "flash_limit_bytes", "flash"),
                                          (row_axes[1], "ram_bytes", "ram_limit_bytes", "RAM")):
-            vals = [r[key] / 1024 for r in rs]
+            vals = [r[key] / 1024 if r.get(key) is not None else 0.0 for r in rs]  # unknown (the runtime failed): no bar
             limit = rs[0][limit_key] / 1024
-            colors = ["#c0392b" if v > limit else "#2e86c1" for v in vals]
-            ax.barh(names, vals, color=colors)
+            colors = ["#c0392b" if v > limit or r.get(key) is None else "#2e86c1" for v, r in zip(vals, rs)]
+            ax.barh([n + ("" if r.get(key) is not None else " (unknown)") for n, r in zip(names, rs)], vals, color=colors)
             ax.axvline(limit, color="k", ls="--", lw=1)
             ax.set_title(f"{t}: {what} (limit {limit:,.0f} KiB)", fontsize=9)
             ax.set_xlabel("KiB")
