@@ -175,3 +175,28 @@ def test_recipe_cluster_step_runs(tmp_path, digits_keras_path):
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
     assert rows and all(row["accuracy"] > 0.9 for row in rows if row.get("accuracy") is not None)
+
+
+def test_recipe_deploy_step_gives_the_targets_the_stripped_and_compressed_model(tmp_path, digits_keras_path):
+    """A variant with deploy: {strip, compress} is emulated (on the firmware) as TFLM would hold it:
+    the flash and instruction counts are those of the deployed model, and DECODE shows per op."""
+    from workbench.emulate.firmware import firmware_support
+
+    if firmware_support("stm32l4r5"):
+        pytest.skip(f"firmware emulation unavailable: {firmware_support('stm32l4r5')}")
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: d\nmodels: [{{path: {digits_keras_path}}}]\n"
+                 "data: {train: digits:train, calib: digits:train, eval: digits:test, eval_samples: 100, calib_samples: 100}\n"
+                 "variants: [{name: plain, scheme: int8}, {name: stripped, scheme: int8, deploy: {strip: portable}},\n"
+                 "           {name: lut4, scheme: int8, cluster: {clusters: 16, epochs: 1}, deploy: {compress: 4}}]\n"
+                 "targets: [stm32l4r5]\n")
+    res = CliRunner().invoke(main, ["run", str(r), "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    rows = {row["variant"]: row for row in doc["rows"]}
+    assert rows["stripped"]["bytes"] < rows["plain"]["bytes"] and rows["stripped"]["flash_bytes"] < rows["plain"]["flash_bytes"]
+    assert rows["stripped"]["method"] == rows["lut4"]["method"] == "firmware"
+    assert any(p["op"] == "TFLM_DECODE" for p in rows["lut4"]["per_op_instructions"])
+    assert rows["lut4"]["target_accuracy"] > 0.85  # measured on the firmware: LiteRT cannot run DECODE
+    info = doc["jobs"]["digits_keras/lut4"]["info"]["deploy"]
+    assert info["compression"]["verify"] and info["plain_bytes"] > 0

@@ -40,9 +40,10 @@ def optimize_cmd(model, target_name, max_latency_ms, max_ram, max_flash, max_dro
     """Find the variant of MODEL that fits the target's budgets, with every candidate measured.
 
     Candidates, cheapest first: int8 (per-channel, per-tensor, a larger calibration set),
-    int16x8, fp16 and dynamic where the target's runtime runs them; int8 with its worst
-    layers kept in float when int8 loses too much accuracy; with --train, channel pruning
-    at several ratios by successive halving. Accuracy is measured on the target's runtime
+    int16x8, fp16 and dynamic where the target's runtime runs them, and on an MCU int8
+    stripped of what TFLite Micro never reads; int8 with its worst layers kept in float
+    when int8 loses too much accuracy; with --train, clustering + LUT compression when int8
+    breaks an MCU's flash budget, and channel pruning at several ratios by successive halving. Accuracy is measured on the target's runtime
     (the firmware's kernels on an MCU), flash, RAM and latency by `workbench emulate`.
     Resolution or width variants are not searched: build them with your own factory and
     optimize each. Runs are cached in OUT, so a re-run measures only what is new.

@@ -15,7 +15,7 @@ from workbench.emulate import compat, memory
 from workbench.emulate.cost import estimate_latency
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target, load_target
-from workbench.core.errors import RuntimeFailure, UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError, WorkbenchError
 from workbench.core.files import check_input_file, sha256_file
 from workbench.core.registry import Registry
 
@@ -140,7 +140,10 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
         if runner.last is not None:
             from workbench.emulate.on_firmware import lsb_agreement
 
-            accuracy["vs_litert"] = lsb_agreement(handle, *runner.last)
+            try:
+                accuracy["vs_litert"] = lsb_agreement(handle, *runner.last)
+            except WorkbenchError as exc:  # e.g. a LUT-compressed model: LiteRT has no DECODE kernel
+                accuracy["vs_litert"] = {"skipped": exc.message.splitlines()[0][:300]}
         return runner.report, accuracy, support
     except (UnsupportedError, RuntimeFailure) as exc:
         if any(k in exc.message for k in LINK_OVERFLOW):  # too big for the emulated machine: a size, not a defect

@@ -311,6 +311,15 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
     return replace(artifact, path=out)
 
 
+def write_deployed(src: Path, dest: Path, level: str, compress_bits: int | None = None) -> dict:
+    """Write to ``dest`` the model TFLM sources would hold (LUT-compressed and/or stripped, checked
+    bit-identical); returns {"strip": report, "compression": report} for what was done."""
+    src = Path(src)
+    with _deployed(src, src.read_bytes(), level, compress_bits) as (path, stripped, compressed):
+        Path(dest).write_bytes(Path(path).read_bytes())
+    return {k: v for k, v in (("strip", stripped), ("compression", compressed)) if v is not None}
+
+
 @contextmanager
 def _deployed(src: Path, data: bytes, level: str, compress_bits: int | None = None):
     """(path of the model the sources hold, strip report, compression report): the model LUT-compressed

@@ -32,7 +32,8 @@ SCHEMA = {
     "models": {"name", "path", "factory", "input_shape", "trust_model"},
     "data": {"calib", "train", "eval", "calib_samples", "eval_samples", "train_samples", "metric", "eval_on_target"},
     "variants": {"name", "scheme", "formats", "prune", "cluster", "qat", "calibrator", "per_channel", "io_dtype", "frameworks",
-                 "keep_float"},
+                 "keep_float", "deploy"},
+    "deploy": {"strip", "compress"},
     "prune": {"method", "sparsity", "epochs", "schedule", "lr"},
     "cluster": {"clusters", "epochs", "lr", "layers", "min_weights"},
     "qat": {"epochs", "lr"},
@@ -61,10 +62,12 @@ class Variant:
     frameworks: tuple[str, ...] = ()  # empty: every model
     keep_float: tuple[str, ...] = ()  # layers (output tensor names, see debug-quant) kept in float: mixed precision
     cluster: dict | None = None  # weight clustering before export (see workbench.optimize.cluster)
+    # what the targets get instead of the plain .tflite: {strip: portable|tflm, compress: BITS} (TFLM LUT compression)
+    deploy: dict | None = None
 
-    def to_dict(self) -> dict:  # "cluster" only when set, so variants without it keep their cache keys
+    def to_dict(self) -> dict:  # "cluster" and "deploy" only when set, so variants without them keep their cache keys
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
-                if k != "cluster" or v is not None}
+                if k not in ("cluster", "deploy") or v is not None}
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,19 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(doc, p)
 
 
+def _deploy(d, p: Path, name) -> dict | None:
+    if d is None:
+        return None
+    from workbench.export.tflm_facts import STRIP_LEVELS
+
+    strip, bits = d.get("strip", "portable"), d.get("compress")
+    if strip not in STRIP_LEVELS:
+        raise ConfigError(f"Recipe '{p}', variant '{name}': deploy.strip must be one of {', '.join(STRIP_LEVELS)}, found {strip!r}.")
+    if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8):
+        raise ConfigError(f"Recipe '{p}', variant '{name}': deploy.compress is the index width in bits (1-8), found {bits!r}.")
+    return {"strip": strip, "compress": bits}
+
+
 def parse_recipe(doc: dict, p: Path) -> Recipe:
     base = p.parent
     models = []
@@ -146,7 +162,8 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
                                 prune=v.get("prune"), qat=v.get("qat"), calibrator=v.get("calibrator", "minmax"),
                                 per_channel=bool(v.get("per_channel", True)), io_dtype=v.get("io_dtype"),
                                 frameworks=tuple(v.get("frameworks") or ()),
-                                keep_float=tuple(str(x) for x in (v.get("keep_float") or ())), cluster=v.get("cluster")))
+                                keep_float=tuple(str(x) for x in (v.get("keep_float") or ())), cluster=v.get("cluster"),
+                                deploy=_deploy(v.get("deploy"), p, v.get("name", i + 1))))
     if not variants:
         raise ConfigError(f"Recipe '{p}' lists no variants.", hint="Add a 'variants:' list, e.g. - {name: int8, scheme: int8}.")
     names = [v.name for v in variants]

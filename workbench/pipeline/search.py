@@ -10,8 +10,11 @@ stages, cheapest first, and each stage is planned from what the previous ones me
    int16x8, and fp16/dynamic where the target's runtime runs them. A scheme is skipped when
    the int8 variant already breaks a memory budget it cannot improve on (fp16 and int16x8
    are never smaller than int8; float is bigger still).
+   On an MCU, int8 with what TFLite Micro never reads stripped from the deployed model.
 2. ``mixed``: the int8 variant with its k worst layers (per-layer SQNR from the int8 job)
    kept in float, when int8 breaks the accuracy budget and the exporter supports it.
+2b. ``compress`` (with ``--train``, on an MCU whose flash budget int8 breaks): clustering to 16
+   values + TFLM LUT compression with 4-bit indices.
 3. ``prune`` (with ``--train``): channel pruning at several ratios + int8, by successive
    halving: every ratio is fine-tuned briefly and measured, the better half is trained
    longer and measured again.
@@ -226,6 +229,8 @@ class Search:
                 more.append(Candidate(Variant(name=name, scheme=scheme, formats=("tflite",)), "ptq"))
         if self.runtime == "tflm":
             self.skipped.append("ptq: fp16, dynamic (TensorFlow Lite Micro does not run float16 or hybrid models)")
+            # what TFLM never reads, stripped from the deployed model: less flash at no cost in accuracy
+            more.append(Candidate(replace(base, name="int8-stripped", deploy={"strip": "portable", "compress": None}), "ptq"))
         calib_cands = [m for m in more if m.variant.name.startswith("int8-calib")]
         for m in calib_cands:  # the larger calibration set is a data change, not a variant field
             more.remove(m)
@@ -255,6 +260,20 @@ class Search:
         worst = [r["layer"] for r in sorted(layers, key=lambda r: r["sqnr_db"])]
         self.run([Candidate(Variant(name=f"int8-keep{k}", scheme="int8", formats=("tflite",), keep_float=tuple(worst[:k])),
                             "mixed") for k in self.cfg.keep_float_k if len(worst) >= k])
+
+    def stage_compress(self) -> None:
+        """Clustering to 16 values + TFLM LUT compression (4-bit indices), when int8 breaks the flash budget."""
+        c = self.cfg
+        int8 = self.by_name("int8")
+        if self.runtime != "tflm" or int8 is None or not int8.measured or "max_flash_bytes" not in violations(int8.row, c.budgets):
+            self.skipped.append("compress: clustering + LUT compression (only for an MCU whose flash budget int8 breaks)")
+            return
+        if not c.train:
+            self.skipped.append("compress: clustering + LUT compression (needs --train)")
+            return
+        self.run([Candidate(Variant(name="int8-cluster16-lut4", scheme="int8", formats=("tflite",),
+                                    cluster={"clusters": 16, "epochs": c.prune_epochs[0]},
+                                    deploy={"strip": "portable", "compress": 4}), "compress")])
 
     def stage_prune(self) -> None:
         c = self.cfg
@@ -301,7 +320,7 @@ def optimize(cfg: SearchConfig, out: str | Path, say: Callable[[str], None] | No
                                               input_shape=cfg.model.input_shape))
     exp = exporter_for(handle, "tflite")
     s = Search(cfg, out, say or (lambda m: None), tgt.runtime.name, handle.framework, exp.keep_float)
-    for stage in (s.stage_ptq, s.stage_mixed, s.stage_prune):
+    for stage in (s.stage_ptq, s.stage_mixed, s.stage_compress, s.stage_prune):
         stage()
     res = s.result()
     res.recipe = s.recipe([c.variant for c in res.candidates])

@@ -53,6 +53,17 @@ def execute(job, adir: Path) -> dict:
                 artifacts[fmt] = out
         except WorkbenchError as exc:  # one impossible combination must not sink the whole run: record it
             errors.append(f"{fmt}: {exc.message}")
+    if v.deploy and "tflite" in artifacts:  # the targets get the stripped / compressed model
+        from workbench.export.tflm_sources import write_deployed
+
+        try:
+            plain = artifacts["tflite"]
+            deployed = plain.with_name("model.deployed.tflite")
+            info["deploy"] = {**v.deploy, "plain_bytes": plain.stat().st_size,
+                              **write_deployed(plain, deployed, v.deploy["strip"], v.deploy.get("compress"))}
+            artifacts["tflite"] = deployed
+        except WorkbenchError as exc:
+            errors.append(f"deploy: {exc.message}")
     layer_errors = _layer_errors(handle, artifacts.get("tflite"), v, data, adir) if v.scheme == "int8" else None
     if layer_errors:
         info["layer_errors"] = layer_errors
@@ -60,14 +71,16 @@ def execute(job, adir: Path) -> dict:
     for fmt, path in artifacts.items():
         base = {"model": job.model.name, "variant": v.name, "format": fmt, "scheme": v.scheme,
                 "artifact": str(Path(path).relative_to(adir)), "bytes": _size(path)}
-        if fmt != "tflm" and data.get("eval"):
+        compressed = fmt == "tflite" and bool((v.deploy or {}).get("compress"))
+        # LiteRT has no DECODE kernel: a compressed model is evaluated on the target (below)
+        if fmt != "tflm" and data.get("eval") and not compressed:
             m = evaluate_models(source, path, data["eval"], samples=data.get("eval_samples", 1000),
                                 metric=data.get("metric")).metrics
             base.update({k: m.get(k) for k in ("accuracy", "reference_accuracy", "accuracy_drop_pp", "argmax_agreement", "sqnr_db")})
             base.update(task_columns(m))
         if fmt == "tflite" and job.targets:
             targets = [t for t in job.targets if not _npu_skips(t, v.scheme, rows, base)]
-            on_target = source if data.get("eval_on_target") and data.get("eval") else None
+            on_target = source if (data.get("eval_on_target") or compressed) and data.get("eval") else None
             for t in targets:
                 rows.append({**base, **_emulated(path, t, data if on_target is not None else None, on_target)})
         else:
