@@ -240,3 +240,21 @@ def test_setup_leaves_an_existing_tree_alone(fw_env):
     res = setup(fw_env[0])
     assert res.actions and res.actions[0].startswith("already present")
     assert res.tree.content_key.startswith(("git:", "content:"))
+
+
+def test_link_uses_an_offline_tree_and_replaces_a_dangling_link(fw_env, tmp_path):
+    from workbench.emulate.firmware import link
+
+    dest = tmp_path / "cache" / "tflite-micro"
+    res = link(fw_env[0], dest)
+    assert dest.is_symlink() and res.actions[0].startswith("linked")
+    assert link(fw_env[0], dest).actions[0].startswith("already linked")
+    dest.unlink()
+    dest.symlink_to(tmp_path / "gone", target_is_directory=True)  # the tree it pointed to moved away
+    assert link(fw_env[0], dest).actions[0].startswith("linked") and dest.resolve() == Path(fw_env[0]).resolve()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file").write_text("x")
+    from workbench.core.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        link(fw_env[0], tmp_path / "other")

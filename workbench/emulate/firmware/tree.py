@@ -228,6 +228,8 @@ def link(source: str | os.PathLike, dest: str | os.PathLike | None = None) -> Se
     if dest.is_symlink() and dest.resolve() == tree.root.resolve():
         return SetupResult(dest=dest, commit=tree.commit or "", tree=tree,
                            actions=(f"already linked: {dest} -> {tree.root} ({tree.content_key})",))
+    if dest.is_symlink() and missing_parts(dest):  # a link of ours to a tree that moved or went: replace it
+        dest.unlink()
     if dest.exists() or dest.is_symlink():
         if not missing_parts(dest):
             existing = validate_tree(dest, "setup")
