@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, overwrite_option, table
-from workbench.cli.prune_cmd import TrainProgress, train_config, train_options
+from workbench.cli.common import human_bytes, json_option, load_options, model_options, overwrite_option, table
+from workbench.cli.prune_cmd import run_with_progress, train_config, train_options
 
 
 def _layer_choice(ctx, param, values):
@@ -55,17 +55,9 @@ def cluster_cmd(model, trust_model, factory, input_shape, train_data, val_data, 
 
     cfg = ClusterConfig(clusters=clusters, layers=layers, min_weights=min_weights, calib_samples=calib_samples,
                         train=train_config(epochs, lr, lr_schedule, batch_size, seed, loss, step, train_samples))
-    bar = TrainProgress(not as_json, "fine-tuning")
-    try:
-        report = api.cluster(model, output, cfg, train_data, val_data, load_options=load_options(trust_model, factory, input_shape),
-                             overwrite=overwrite, resume=resume, progress=bar, measure_int8=not no_int8)
-    finally:
-        bar.close()
-    d = report.to_dict()
-    if as_json:
-        emit_json(d)
-        return
-    render(d)
+    run_with_progress(api.cluster, "fine-tuning", as_json, render, model, output, cfg, train_data, val_data,
+                      load_options=load_options(trust_model, factory, input_shape), overwrite=overwrite, resume=resume,
+                      measure_int8=not no_int8)
 
 
 def _acc(v) -> str:

@@ -77,6 +77,19 @@ class TrainProgress:
             click.echo(text, err=True)
 
 
+def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> None:
+    """Run a fine-tuning step (prune, cluster, qat) with a progress bar, then print its report."""
+    bar = TrainProgress(not as_json, label)
+    try:
+        report = step(*args, progress=bar, **kw)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        render(report.to_dict())
+
+
 @click.command("prune")
 @click.argument("model", type=click.Path())
 @model_options
@@ -116,17 +129,9 @@ def prune_cmd(model, trust_model, factory, input_shape, train_data, val_data, ep
     cfg = PruneConfig(method=method, sparsity=sparsity, schedule=schedule, criterion=criterion, frequency=frequency,
                       train=train_config(epochs, lr, lr_schedule, batch_size, seed, loss, step, train_samples),
                       calib_samples=calib_samples)
-    bar = TrainProgress(not as_json, "fine-tuning")
-    try:
-        report = prune(model, output, cfg, train_data, val_data, load_options=load_options(trust_model, factory, input_shape),
-                       overwrite=overwrite, resume=resume, progress=bar, measure_int8=not no_int8)
-    finally:
-        bar.close()
-    d = report.to_dict()
-    if as_json:
-        emit_json(d)
-        return
-    render(d)
+    run_with_progress(prune, "fine-tuning", as_json, render, model, output, cfg, train_data, val_data,
+                      load_options=load_options(trust_model, factory, input_shape), overwrite=overwrite, resume=resume,
+                      measure_int8=not no_int8)
 
 
 def _pct(v) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import emit_json, human_bytes, json_option, load_options, model_options, overwrite_option, table
-from workbench.cli.prune_cmd import TrainProgress, train_config, train_options
+from workbench.cli.common import human_bytes, json_option, load_options, model_options, overwrite_option, table
+from workbench.cli.prune_cmd import run_with_progress, train_config, train_options
 
 
 @click.command("qat")
@@ -34,17 +34,8 @@ def qat_cmd(model, trust_model, factory, input_shape, train_data, val_data, epoc
 
     cfg = QATConfig(train=train_config(epochs, lr, lr_schedule, batch_size, seed, loss, step, train_samples), per_channel=not per_tensor,
                     on_unsupported="error" if strict else "float", calib_samples=calib_samples, onnx=write_onnx)
-    bar = TrainProgress(not as_json, "QAT")
-    try:
-        report = qat(model, output, cfg, train_data, val_data, load_options=load_options(trust_model, factory, input_shape),
-                     overwrite=overwrite, resume=resume, progress=bar)
-    finally:
-        bar.close()
-    d = report.to_dict()
-    if as_json:
-        emit_json(d)
-        return
-    render(d)
+    run_with_progress(qat, "QAT", as_json, render, model, output, cfg, train_data, val_data,
+                      load_options=load_options(trust_model, factory, input_shape), overwrite=overwrite, resume=resume)
 
 
 def render(d: dict) -> None:

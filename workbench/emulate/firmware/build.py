@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +34,7 @@ from workbench.emulate.firmware.library import (
     HARNESS_DIR,
     TREE_TOKEN,
     Library,
-    lock,
-    remove_stale,
+    build_once,
 )
 from workbench.emulate.firmware.machines import (
     Machine,
@@ -266,29 +264,19 @@ def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolcha
     base = Path(cache_dir) if cache_dir is not None else fw_cache_dir()
     final = base / key
     t0 = time.perf_counter()
-    if cache:
-        img = _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0)
-        if img is not None:
-            return img
-    base.mkdir(parents=True, exist_ok=True)
-    with lock(base / f".{key}.lock"):
-        if cache:  # another process may have built it meanwhile
-            img = _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0)
-            if img is not None:
-                return img
-        remove_stale(base, key)
-        tmp = base / f".{key}.tmp-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        try:
-            meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang)
-            meta.update({"key": key, "spec": spec, "ops": [op.kind for op in ops], "model_bytes": len(data),
-                         "build_seconds": round(time.perf_counter() - t0, 3)})
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load():
+        return _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0) if cache else None
+
+    def build(tmp: Path) -> None:
+        meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang)
+        meta.update({"key": key, "spec": spec, "ops": [op.kind for op in ops], "model_bytes": len(data),
+                     "build_seconds": round(time.perf_counter() - t0, 3)})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    found, _ = build_once(base, key, load, build)
+    if found is not None:
+        return found
     img = _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0)
     if img is None:
         raise RuntimeFailure(f"Internal error: the firmware folder {final} is incomplete after the build.")

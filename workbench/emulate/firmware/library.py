@@ -120,6 +120,32 @@ def remove_stale(base: Path, key: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def build_once(base: Path, key: str, load, build):
+    """``(found, made)``: what ``load()`` finds in the cache, else what ``build(tmp)`` returned after
+    building into a temporary folder renamed onto ``base/key``. Under the key's lock, so two
+    processes never build the same thing, and an interrupted build leaves nothing half-made."""
+    found = load()
+    if found is not None:
+        return found, None
+    base.mkdir(parents=True, exist_ok=True)
+    with lock(base / f".{key}.lock"):
+        found = load()  # another process may have built it meanwhile
+        if found is not None:
+            return found, None
+        remove_stale(base, key)
+        tmp = base / f".{key}.tmp-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        try:
+            made = build(tmp)
+            final = base / key
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return None, made
+
+
 def _load(folder: Path, key: str, seconds: float) -> Library | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -141,23 +167,10 @@ def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kerne
     key = library_key(tree, machine, kernels, build_type, toolchain)
     base = Path(cache_dir) if cache_dir is not None else lib_cache_dir()
     final = base / key
-    found = _load(final, key, time.perf_counter() - t0)
+    found, lib = build_once(base, key, lambda: _load(final, key, time.perf_counter() - t0),
+                            lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key))
     if found is not None:
         return found
-    with lock(base / f".{key}.lock"):
-        found = _load(final, key, time.perf_counter() - t0)  # another process may have built it meanwhile
-        if found is not None:
-            return found
-        remove_stale(base, key)
-        tmp = base / f".{key}.tmp-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        try:
-            lib = _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
     return Library(path=final / LIB_NAME, folder=final, key=key, flags=lib["flags"], meta=lib["meta"],
                    built_now=True, seconds=seconds)
