@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sysdeps firmware-tree demo test test-slow test-zoo test-realmodels test-aarch64 test-all bench venv constraints clean
+.PHONY: sysdeps firmware-tree demo test test-slow test-faults test-zoo test-realmodels test-aarch64 test-all bench venv constraints clean
 
 $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-slow: sysdeps $(STAMP)
 # (tests/test_zoo.py); scripts/bench_coverage.py prints the same run as a table.
 test-zoo: sysdeps $(STAMP) firmware-tree
 	$(PY) -m pytest -q -m zoo tests/test_zoo.py
+
+# Fault injection: interrupts with signals, corrupted caches, concurrent runs, a full disk (a small
+# tmpfs when run as root).
+test-faults: sysdeps $(STAMP) firmware-tree
+	$(PY) -m pytest -q -m faults
 
 test-realmodels: sysdeps $(STAMP)
 	$(PY) -m pytest -q -m realmodels

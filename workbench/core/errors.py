@@ -92,6 +92,16 @@ class RuntimeFailure(WorkbenchError):
     """A runtime (LiteRT, ONNX Runtime, TFLite Micro, a converter) failed on a valid-looking input."""
 
 
+class ToolFailure(WorkbenchError):
+    """A tool of ours failed, not the model: a build or emulator that timed out, a corrupt cache, a link error.
+
+    Never a verdict on the model (never "does not fit"), never cached; the answers still known are kept
+    beside it by the caller.
+    """
+
+    exit_code = 4
+
+
 class ParityError(RuntimeFailure):
     """A converted model does not compute what its source computes (outputs differ beyond the tolerance)."""
 
