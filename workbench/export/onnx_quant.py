@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.core.errors import RuntimeFailure
+from workbench.core.errors import RuntimeFailure, WorkbenchError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.core.quiet import captured_output
 
@@ -68,14 +68,33 @@ def _input(path: Path):
     return i.name, (i.shape[0] if isinstance(i.shape[0], int) else 1)
 
 
-def quantize_onnx(src: Path, out: Path, cfg, calib: np.ndarray | None, tmp: Path) -> dict:
+def quantize_onnx(src: Path, out: Path, cfg, calib: np.ndarray | None, tmp: Path, *, input_shape: tuple | None = None,
+                  source: str | None = None) -> dict:
+    """Quantize ``src`` into ``out``, then load and run ``out`` once in ONNX Runtime (see
+    :mod:`workbench.export.onnx_checks`): a file ONNX Runtime refuses is never left behind."""
+    from dataclasses import replace
+
     from onnxruntime import quantization as q
 
+    from workbench.export import onnx_checks
+
+    what = f"'{source or src.name}'"
     recipe = {"quantizer": "onnxruntime.quantization", "scheme": cfg.scheme, "per_channel": cfg.per_channel}
+    if cfg.scheme in ("int8", "int16x8"):  # QDQ: per-channel DequantizeLinear needs opset 13
+        prep = onnx_checks.prepare_opset(src, tmp, cfg.per_channel, what)
+        src = prep.path
+        recipe.update(prep.recipe or {})
+        if prep.notes:
+            recipe["notes"] = list(prep.notes)
+        if prep.per_channel != cfg.per_channel:
+            cfg = replace(cfg, per_channel=prep.per_channel)
     try:
         with captured_output():
             pre = tmp / "pre.onnx"
             q.shape_inference.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            copies = onnx_checks.split_shared_biases(pre) if cfg.scheme in ("int8", "int16x8") else 0
+            if copies:
+                recipe["shared_biases_copied"] = copies
             if cfg.scheme == "dynamic":
                 warnings.warn("Dynamic-range ONNX models run Conv through ConvInteger, which is slow or missing in some "
                               "ONNX Runtime CPU builds (onnxruntime#12558); prefer --scheme int8.", stacklevel=2)
@@ -105,12 +124,13 @@ def quantize_onnx(src: Path, out: Path, cfg, calib: np.ndarray | None, tmp: Path
                 q.quantize_static(str(pre), str(out), _Reader(name, calib, batch), **kwargs)
                 recipe.update({"format": "QDQ", "calibrator": cfg.calibrator,
                                "activations": "int16" if cfg.scheme == "int16x8" else "int8", "weights": "int8"})
-    except RuntimeFailure:
+    except WorkbenchError:
         raise
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        raise RuntimeFailure(f"ONNX Runtime's quantizer failed ({cfg.scheme}): {(msg[0] if msg else type(exc).__name__)[:400]}",
-                             hint="--debug shows the quantizer's traceback.") from exc
+        raise onnx_checks.quantizer_failure(exc, cfg.scheme) from exc
+    recipe["per_channel"] = cfg.per_channel
+    recipe["check"] = onnx_checks.check_runs(out, calib, f"The {cfg.scheme} model ONNX Runtime's quantizer wrote from {what}",
+                                             input_shape)
     return recipe
 
 
@@ -174,28 +194,38 @@ def single_file(src: Path, out: Path) -> bool:
 
 
 def run_onnx_to_onnx(job: ExportJob) -> dict:
+    shape = job.handle.inputs[0].shape if job.handle.inputs else None
     if job.config.scheme == "float":
-        if single_file(job.handle.path, job.out):
-            return {"copied": True, "external_data_inlined": True}
-        shutil.copyfile(job.handle.path, job.out)
-        return {"copied": True}
+        inlined = single_file(job.handle.path, job.out)
+        if not inlined:
+            shutil.copyfile(job.handle.path, job.out)
+        from workbench.export.onnx_checks import check_runs
+
+        check = check_runs(job.out, job.calib, f"'{job.handle.path.name}'", shape)
+        return {"copied": True, **({"external_data_inlined": True} if inlined else {}), "check": check}
     with tempfile.TemporaryDirectory(prefix="workbench-onnx-") as tmp:
         src = Path(tmp) / "source.onnx"
         inlined = single_file(job.handle.path, src)
-        recipe = quantize_onnx(src if inlined else job.handle.path, job.out, job.config, job.calib, Path(tmp))
+        recipe = quantize_onnx(src if inlined else job.handle.path, job.out, job.config, job.calib, Path(tmp),
+                               input_shape=shape, source=job.handle.path.name)
         return {**recipe, **({"external_data_inlined": True} if inlined else {})}
 
 
 def ort_from(run_onnx):
-    """An .ort exporter from an .onnx one: write the .onnx to a temporary file, then convert it."""
+    """An .ort exporter from an .onnx one: write the .onnx to a temporary file (checked by the .onnx
+    exporter), convert it, then load and run the .ort once too."""
 
     def run(job: ExportJob) -> dict:
         from dataclasses import replace
+
+        from workbench.export.onnx_checks import check_runs
 
         with tempfile.TemporaryDirectory(prefix="workbench-ort-") as tmp:
             f = Path(tmp) / "model.onnx"
             recipe = run_onnx(replace(job, out=f))
             recipe.update(to_ort_format(f, job.out))
+        shape = job.handle.inputs[0].shape if job.handle.inputs else None
+        recipe["ort_check"] = check_runs(job.out, job.calib, f"The .ort file converted from '{job.handle.path.name}'", shape)
         return recipe
 
     return run

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from workbench.core.errors import RuntimeFailure
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
+from workbench.export.onnx_checks import check_runs
 from workbench.export.onnx_quant import ONNX_EXPORTER_SETTINGS, ort_from, quantize_onnx
 from workbench.export.torch_common import traceable
 from workbench.export.torchscript_onnx import export_torchscript_onnx, precheck_onnx
@@ -31,12 +32,16 @@ def export_float_onnx(job: ExportJob, out: Path) -> dict:
 
 
 def run_onnx(job: ExportJob) -> dict:
+    shape = job.handle.inputs[0].shape if job.handle.inputs else None
     if job.config.scheme == "float":
-        return export_float_onnx(job, job.out)
+        recipe = export_float_onnx(job, job.out)
+        recipe["check"] = check_runs(job.out, job.calib, f"The ONNX export of '{job.handle.path.name}'", shape)
+        return recipe
     with tempfile.TemporaryDirectory(prefix="workbench-onnx-") as tmp:
         f = Path(tmp) / "float.onnx"
         recipe = export_float_onnx(job, f)
-        recipe.update(quantize_onnx(f, job.out, job.config, job.calib, Path(tmp)))
+        recipe.update(quantize_onnx(f, job.out, job.config, job.calib, Path(tmp), input_shape=shape,
+                                    source=job.handle.path.name))
     return recipe
 
 
