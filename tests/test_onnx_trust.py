@@ -190,3 +190,122 @@ def test_quantizer_crash_is_a_typed_error_naming_the_node(tmp_path, calib):
     assert "LayerNormalization node 'block1/ln'" in r.output and "Internal error" not in r.output
     assert "--per-tensor" in r.output
     assert not out.exists()
+
+
+# --- inspect: weights in Constant nodes, dynamic dims, ConvTranspose, .ort, output dtypes -------------
+
+def _paddle_like(path, dynamic=True):
+    """paddle2onnx's shape: every weight in a Constant node, [N, 3, H, W] input, no value_info."""
+    from onnx import helper
+
+    w = helper.make_tensor("w", 1, [8, 3, 3, 3], RNG.normal(size=8 * 27).astype(np.float32).tolist())
+    b = helper.make_tensor("b", 1, [8], RNG.normal(size=8).astype(np.float32).tolist())
+    wt = helper.make_tensor("wt", 1, [8, 2, 2, 2], RNG.normal(size=64).astype(np.float32).tolist())
+    nodes = [helper.make_node("Constant", [], ["w_c"], value=w, name="const_w"),
+             helper.make_node("Constant", [], ["b_c"], value=b, name="const_b"),
+             helper.make_node("Constant", [], ["wt_c"], value=wt, name="const_wt"),
+             helper.make_node("Conv", ["x", "w_c", "b_c"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "wt_c"], ["up"], strides=[2, 2], group=4, name="deconv"),
+             helper.make_node("Sigmoid", ["up"], ["y"], name="sig")]
+    shape = ["N", 3, "H", "W"] if dynamic else [1, 3, 16, 16]
+    return _model(path, nodes, [], [_vi("x", shape)], [_vi("y", ["N", 8, "H2", "W2"] if dynamic else [1, 8, 16, 16])], opset=11, ir=6)
+
+
+# conv: 8 x 8 x 8 outputs (stride 2 on 16x16) x 27 each; deconv (W [8, 2, 2, 2], 4 groups: 8 channels out):
+# each of its 8 x 8 x 8 input elements scatters into 2 x 2 x 2 outputs
+CONV_MACS = 8 * 8 * 8 * 27
+DECONV_MACS = 8 * 8 * 8 * (2 * 2 * 2)
+
+
+def test_constant_node_weights_count_as_parameters(tmp_path):
+    from workbench import api
+
+    info = api.inspect(_paddle_like(tmp_path / "p.onnx", dynamic=False))
+    assert info["parameters"] == 8 * 27 + 8 + 64  # was 0: only initializers were counted
+    rows = {r["name"]: r for r in info["layers"]}
+    assert rows["conv"]["params"] == 8 * 27 + 8 and rows["deconv"]["params"] == 64
+    assert "Constant" not in info["op_counts"]  # data, folded by ONNX Runtime at load, like initializers
+    assert info["macs"] == CONV_MACS + DECONV_MACS and "macs_partial" not in info
+
+
+def test_dynamic_dims_give_a_partial_total_then_input_shape_counts_all(tmp_path):
+    src = _paddle_like(tmp_path / "p.onnx")
+    r = _cli("inspect", src)
+    assert r.exit_code == 0, r.output
+    assert "partial: 2 op(s)" in r.output and "--input-shape" in r.output and "Conv x1, ConvTranspose x1" in r.output
+    r = _cli("inspect", src, "--json")
+    info = json.loads(r.output)
+    assert info["macs_partial"]["unknown_ops"] == 2 and info["macs"] == 0
+    assert {row["name"]: row["macs"] for row in info["layers"]}["conv"] is None
+    r = _cli("inspect", src, "--input-shape", "1,3,16,16")
+    assert r.exit_code == 0, r.output
+    assert f"MACs per inference: {CONV_MACS + DECONV_MACS:,}" in r.output and "partial" not in r.output
+    assert "run on zeros of x [1, 3, 16, 16]" in r.output
+    info = json.loads(_cli("inspect", src, "--input-shape", "1,3,16,16", "--json").output)
+    rows = {row["name"]: row for row in info["layers"]}
+    assert rows["deconv"]["shape"] == [1, 8, 16, 16] and rows["deconv"]["macs"] == DECONV_MACS
+
+
+def test_input_shape_of_the_wrong_rank_says_why_macs_stay_partial(tmp_path):
+    r = _cli("inspect", _paddle_like(tmp_path / "p.onnx"), "--input-shape", "1,3,16")
+    assert r.exit_code == 0, r.output
+    assert "partial" in r.output and "has 3 dims" in r.output
+
+
+def test_torch_conv_transpose_macs(tmp_path):
+    import torch
+
+    from workbench import api
+
+    m = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)).eval()
+    torch.export.save(torch.export.export(m, (torch.zeros(1, 4, 8, 8),)), tmp_path / "ct.pt2")
+    info = api.inspect(tmp_path / "ct.pt2")
+    assert info["macs"] == 4 * 8 * 8 * 3 * 9  # each input element scatters into Cout/groups x 3 x 3 outputs (was 0)
+
+
+def _to_ort(src, out):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return out
+
+
+def test_ort_files_are_inspected_from_their_own_graph(tmp_path):
+    ort_file = _to_ort(_paddle_like(tmp_path / "p.onnx", dynamic=False), tmp_path / "p.ort")
+    r = _cli("inspect", ort_file, "--json")
+    assert r.exit_code == 0, r.output  # was exit 4: KeyError 'graph'
+    info = json.loads(r.output)
+    assert info["format"] == "ort" and info["parameters"] == 8 * 27 + 8 + 64
+    assert info["macs"] == CONV_MACS + DECONV_MACS
+    assert {"Conv", "ConvTranspose"} <= set(info["op_counts"])
+    assert "onnx" in info["exports_to"]["refused"]  # an .ort does not convert back
+    r = _cli("inspect", ort_file)
+    assert r.exit_code == 0 and "ConvTranspose" in r.output
+
+
+def test_damaged_ort_file_is_bad_input(tmp_path):
+    ort_file = _to_ort(_paddle_like(tmp_path / "p.onnx", dynamic=False), tmp_path / "p.ort")
+    data = ort_file.read_bytes()
+    (tmp_path / "bad.ort").write_bytes(data[:8] + bytes(64))
+    r = _cli("inspect", tmp_path / "bad.ort")
+    assert r.exit_code == 2, r.output
+
+
+def test_dtype_column_is_each_ops_output_dtype(tmp_path):
+    """A QDQ graph without value_info: QuantizeLinear writes int8, DequantizeLinear float32, Shape int64."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quant"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dequant"),
+             helper.make_node("Shape", ["dq"], ["shp"], name="shape"),
+             helper.make_node("Cast", ["shp"], ["y"], to=TensorProto.FLOAT, name="cast")]
+    src = _model(tmp_path / "qdq.onnx", nodes, [_arr("s", np.float32(0.1)), _arr("zp", np.int8(0))],
+                 [_vi("x", [1, 3, 4, 4])], [_vi("y", [4])])
+    info = json.loads(_cli("inspect", src, "--json").output)
+    assert {r["name"]: r["dtype"] for r in info["layers"]} == {"quant": "int8", "dequant": "float32", "shape": "int64",
+                                                               "cast": "float32"}

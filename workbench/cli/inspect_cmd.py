@@ -21,15 +21,27 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
         return
     click.echo(f"{info['path']}: {info['format']} ({info['framework']}), {human_bytes(info['file_bytes'])}")
     macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown"
+    partial = info.get("macs_partial")
+    if partial:
+        macs += f" (partial: {partial['unknown_ops']} op(s) of unknown shape not counted)"
     click.echo(f"parameters: {info['parameters']:,}   MACs per inference: {macs}")
     if info.get("note"):
         click.echo(f"note: {info['note']}")
+    run = info.get("shapes_from_run") or {}
+    if run.get("ran"):
+        given = ", ".join(f"{k} {v}" for k, v in run["inputs"].items())
+        click.echo(f"shapes: from one {run['runtime']} run on zeros of {given}")
+    if partial:
+        why = f" (could not run it to find them: {run['reason']})" if run.get("reason") else ""
+        click.echo(f"partial: MACs of {', '.join(f'{k} x{v}' for k, v in partial['ops'].items())} are unknown{why}. "
+                   f"{partial['hint']}")
     for kind in ("inputs", "outputs"):
         for s in info[kind]:
             q = f" scale={s['scale']:.6g} zero_point={s['zero_point']}" if "scale" in s else ""
             lay = f" {s['layout']}" if s.get("layout") else ""
             click.echo(f"{kind[:-1]:>6}: {s['name']} {s['shape']} {s['dtype']}{lay}{q}")
-    rows = [[r["name"][:48], r["op"], r.get("shape"), r.get("dtype", ""), f"{r.get('params', 0):,}", f"{r.get('macs', 0):,}"] for r in info["layers"]]
+    rows = [[r["name"][:48], r["op"], r.get("shape"), r.get("dtype", ""), f"{r.get('params', 0):,}",
+             "?" if r.get("macs", 0) is None else f"{r.get('macs', 0):,}"] for r in info["layers"]]
     if rows:
         click.echo()
         click.echo(table(rows, ["layer", "op", "output shape", "dtype", "params", "MACs"]))

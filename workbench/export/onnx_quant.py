@@ -231,5 +231,15 @@ def ort_from(run_onnx):
     return run
 
 
-EXPORTERS.add(("onnx", "onnx"), Exporter(run=run_onnx_to_onnx, **ONNX_EXPORTER_SETTINGS))
-EXPORTERS.add(("onnx", "ort"), Exporter(run=ort_from(run_onnx_to_onnx), **ONNX_EXPORTER_SETTINGS))
+def refuse_ort_source(handle) -> None:
+    """An .ort file is ONNX Runtime's final, optimized form: nothing converts or quantizes it further."""
+    if handle.format == "ort":
+        from workbench.core.errors import UnsupportedError
+
+        raise UnsupportedError(f"'{handle.path}' is an ONNX Runtime .ort file, the end of the ONNX path: it is not "
+                               "converted or quantized further.",
+                               hint="Export or quantize the .onnx file it was made from (--format onnx or ort).")
+
+
+EXPORTERS.add(("onnx", "onnx"), Exporter(run=run_onnx_to_onnx, precheck=refuse_ort_source, **ONNX_EXPORTER_SETTINGS))
+EXPORTERS.add(("onnx", "ort"), Exporter(run=ort_from(run_onnx_to_onnx), precheck=refuse_ort_source, **ONNX_EXPORTER_SETTINGS))

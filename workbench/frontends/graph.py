@@ -107,13 +107,19 @@ class Graph:
 
     def macs(self, op: Op) -> int:
         """MACs of ``op`` per inference: one execution's times ``op.repeat`` (a loop body's trip count)."""
+        return self.macs_known(op) or 0
+
+    def macs_known(self, op: Op) -> int | None:
+        """As :meth:`macs`, but None when the op has MACs whose count needs a shape the graph does not know
+        (a dynamic dimension): 0 means no MACs, None means not counted."""
         fn = MAC_RULES.get(op.kind)
         if fn is None:
             return 0
         try:
-            return int(fn(self, op) or 0) * op.repeat
+            n = fn(self, op)
         except (TypeError, IndexError, ValueError, AttributeError):
-            return 0
+            return None
+        return None if n is None else int(n) * op.repeat
 
     def total_macs(self) -> int:
         return sum(self.macs(op) for op in self.ops)

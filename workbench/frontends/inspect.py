@@ -25,6 +25,7 @@ class LayerTable:
     rows: list
     parameters: int
     macs_unknown: str | None = None
+    facts: dict | None = None  # more for the description (how shapes were found)
 
 
 def describe(handle: ModelHandle) -> dict:
@@ -47,15 +48,39 @@ def describe(handle: ModelHandle) -> dict:
         "inputs": [s.to_dict() for s in handle.inputs],
         "outputs": [s.to_dict() for s in handle.outputs],
         "parameters": int(table.parameters),
-        "macs": None if table.macs_unknown else int(sum(r.get("macs", 0) for r in layers)),
+        "macs": None if table.macs_unknown else int(sum(r.get("macs") or 0 for r in layers)),
         **({"note": table.macs_unknown} if table.macs_unknown else {}),
+        **({} if table.macs_unknown else _partial(layers)),
+        **(table.facts or {}),
         "op_counts": dict(Counter(r["op"] for r in layers)),
         "layers": layers,
     }
 
 
+def _partial(layers: list) -> dict:
+    """When some ops' MACs are unknown (a dynamic dimension), the total is partial: say so, and which ops."""
+    unknown = [r for r in layers if r.get("macs", 0) is None]
+    if not unknown:
+        return {}
+    kinds = Counter(r["op"] for r in unknown)
+    return {"macs_partial": {"unknown_ops": len(unknown), "ops": dict(kinds),
+                             "reason": "their shapes are unknown (dynamic dimensions); the total counts the other ops only",
+                             "hint": "Pass --input-shape (batch first, e.g. 1,3,640,640) to count them."}}
+
+
 def _graph_rows(handle: ModelHandle) -> LayerTable:
-    g = handle.meta["graph"]
+    g = handle.meta.get("graph")
+    if g is None:
+        return LayerTable([], 0, f"the {handle.format} file's graph could not be read")
+    facts = {}
+    if g.format == "onnx":
+        from workbench.frontends.onnx_shapes import run_shapes, unknown_dims
+
+        opts = handle.meta.get("load_options")
+        given = getattr(opts, "input_shape", None)
+        if given is not None or unknown_dims(g):
+            g, run = run_shapes(handle.path, g, given)
+            facts["shapes_from_run"] = run
     rows = []
     for op in g.ops:
         out = g.tensor(op.outputs[0]) if op.outputs else None
@@ -63,9 +88,9 @@ def _graph_rows(handle: ModelHandle) -> LayerTable:
         rows.append({
             "name": op.name, "op": op.kind, "version": op.version,
             "shape": list(out.shape) if out is not None and out.shape is not None else None,
-            "dtype": g.op_dtype(op), "params": params, "macs": g.macs(op),
+            "dtype": out.dtype if out is not None else g.op_dtype(op), "params": params, "macs": g.macs_known(op),
         })
-    return LayerTable(rows, g.parameters)
+    return LayerTable(rows, g.parameters, facts=facts or None)
 
 
 LAYER_TABLES.add("tflite", _graph_rows)
@@ -269,8 +294,14 @@ def _shape(arg) -> tuple:
     return tuple(int(d) for d in arg.meta["val"].shape)
 
 
-def _a_conv(node, out):  # weight [Cout, Cin/groups, k...]
+def _a_conv(node, out):  # weight [Cout, Cin/groups, k...]; aten.convolution(..., transposed=True) as conv_transpose
+    if node.target._schema.name.split("::")[-1] == "convolution" and len(node.args) > 6 and node.args[6]:
+        return _a_conv_transpose(node, out)
     return out.numel() * math.prod(_shape(node.args[1])[1:])
+
+
+def _a_conv_transpose(node, out):  # weight [Cin, Cout/groups, k...]: each input element scatters into Cout/groups x k outputs
+    return math.prod(_shape(node.args[0])) * math.prod(_shape(node.args[1])[1:])
 
 
 def _a_linear(node, out):  # weight [out, in]
@@ -301,6 +332,7 @@ def _a_rnn(node, out, gates):
 
 ATEN_MACS = {
     "convolution": _a_conv, "conv1d": _a_conv, "conv2d": _a_conv, "conv3d": _a_conv,
+    "conv_transpose1d": _a_conv_transpose, "conv_transpose2d": _a_conv_transpose, "conv_transpose3d": _a_conv_transpose,
     "linear": _a_linear,
     "mm": _a_matmul, "bmm": _a_matmul, "matmul": _a_matmul,
     "addmm": lambda node, out: _a_matmul(node, out, 1), "baddbmm": lambda node, out: _a_matmul(node, out, 1),

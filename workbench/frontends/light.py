@@ -53,4 +53,6 @@ def load_ort(path: Path, opts: LoadOptions) -> ModelHandle:
             "tensor(float16)": "float16", "tensor(int32)": "int32"}
     ins = tuple(spec_from(i.name, [d if isinstance(d, int) else None for d in i.shape], conv.get(i.type, i.type)) for i in sess.get_inputs())
     outs = tuple(spec_from(o.name, [d if isinstance(d, int) else None for d in o.shape], conv.get(o.type, o.type)) for o in sess.get_outputs())
-    return ModelHandle(path=path, format="ort", framework="onnx", inputs=ins, outputs=outs)
+    from workbench.frontends.ort_reader import read_ort
+
+    return ModelHandle(path=path, format="ort", framework="onnx", inputs=ins, outputs=outs, meta={"graph": read_ort(path)})

@@ -86,6 +86,8 @@ def _read(data: bytes, where: str) -> Graph:
             vi = _value_info(v)
             vinfo[vi[0]] = vi
 
+    nodes = _fold_constants(nodes, inits)
+
     tensors: list[Tensor] = []
     index: dict[str, int] = {}
     shapes: dict[str, tuple | None] = {}
@@ -106,6 +108,7 @@ def _read(data: bytes, where: str) -> Graph:
     const_values = {n: t for n, t in inits.items()}
     for nd in nodes:
         _propagate(nd, shapes, dtypes, const_values)
+        _propagate_dtype(nd, dtypes)
 
     graph_inputs = []
     for name, _, _ in ins:
@@ -115,18 +118,53 @@ def _read(data: bytes, where: str) -> Graph:
     for name in inits:
         add(name, shapes.get(name), dtypes.get(name, "float32"), True)
     ops = []
-    for j, nd in enumerate(nodes):
+    for nd in nodes:
         op_type, domain, name, n_in, n_out, attrs = nd
         in_idx = tuple(add(n, shapes.get(n), dtypes.get(n, "float32"), False) if n else -1 for n in n_in)
         out_idx = tuple(add(n, shapes.get(n), dtypes.get(n, "float32"), False) for n in n_out if n)
         version = opsets.get(domain or "ai.onnx", 0)
-        ops.append(Op(index=j, kind=op_type, version=version, inputs=in_idx, outputs=out_idx, name=name, options=attrs,
+        ops.append(Op(index=len(ops), kind=op_type, version=version, inputs=in_idx, outputs=out_idx, name=name, options=attrs,
                       custom=bool(domain) and domain not in ("ai.onnx", "com.microsoft")))
     graph_outputs = tuple(add(name, shapes.get(name), dtypes.get(name, "float32"), False) for name, _, _ in outs)
     meta = {"ir_version": ir_version, "opsets": opsets, "producer": producer}
     if external:
         meta["external_data"] = tuple(external)
     return Graph(format="onnx", tensors=tuple(tensors), ops=tuple(ops), inputs=tuple(graph_inputs), outputs=graph_outputs, meta=meta)
+
+
+# Constant's value attributes other than a tensor: (ONNX dtype, struct format)
+_CONSTANT_SCALARS = {"value_float": (1, "f"), "value_floats": (1, "f"), "value_int": (7, "q"), "value_ints": (7, "q")}
+
+
+def _fold_constants(nodes: list, inits: dict) -> list:
+    """Constant nodes (default domain) become constants of the graph, as initializers are: their
+    values are weights like any other (PaddlePaddle and some TensorFlow exporters keep every weight in
+    one), and ONNX Runtime folds them at load. Returns the nodes left."""
+    import struct
+
+    kept = []
+    for nd in nodes:
+        op_type, domain, _, _, outs, attrs = nd
+        if op_type != "Constant" or domain not in ("", "ai.onnx") or len(outs) != 1 or not outs[0]:
+            kept.append(nd)
+            continue
+        value = None
+        if isinstance(attrs.get("value"), tuple):
+            _, dims, dt, raw = attrs["value"]
+            value = (outs[0], dims, dt, raw)
+        else:
+            for key, (dt, fmt) in _CONSTANT_SCALARS.items():
+                if key in attrs and attrs[key] is not None:
+                    v = attrs[key]
+                    vals = list(v) if isinstance(v, list) else [v]
+                    dims = [len(vals)] if isinstance(v, list) else []
+                    value = (outs[0], dims, dt, struct.pack(f"<{len(vals)}{fmt}", *vals))
+                    break
+        if value is None:  # sparse or string values: left as an op
+            kept.append(nd)
+            continue
+        inits[outs[0]] = value
+    return kept
 
 
 def _node(buf):
@@ -164,6 +202,8 @@ def _attribute(buf):
             val = pw.to_signed64(v)
         elif f == 4 and w == pw.LEN:
             val = pw.text(v)
+        elif f == 5 and w == pw.LEN:  # t: a TensorProto (Constant's value), read as (name, dims, dtype, raw)
+            val = _tensor_proto(v)
         elif f == 7:
             floats.extend(pw.packed_floats(v, w))
         elif f == 8:
@@ -332,5 +372,36 @@ def _propagate(nd, shapes, dtypes, consts):
         out = None
     if out is not None:
         shapes[outs[0]] = tuple(out)
-        if ins and ins[0] in dtypes and outs[0] not in dtypes:
-            dtypes[outs[0]] = dtypes[ins[0]]
+
+
+# Output dtypes that are not the first input's.
+_FIXED_DTYPE = {
+    "Shape": "int64", "Size": "int64", "NonZero": "int64", "ArgMax": "int64", "ArgMin": "int64", "NonMaxSuppression": "int64",
+    "Equal": "bool", "Less": "bool", "Greater": "bool", "LessOrEqual": "bool", "GreaterOrEqual": "bool", "Not": "bool",
+    "And": "bool", "Or": "bool", "Xor": "bool", "IsNaN": "bool", "IsInf": "bool",
+    "ConvInteger": "int32", "MatMulInteger": "int32", "DynamicQuantizeLinear": "uint8",
+}
+# The input whose dtype an op's output takes: a zero point for the quantizing ops, Where's values.
+_DTYPE_FROM_INPUT = {"QuantizeLinear": 2, "QLinearConv": 7, "QLinearMatMul": 7, "QLinearAdd": 7, "QLinearMul": 7,
+                     "DequantizeLinear": 1, "Where": 1}
+_DTYPE_DEFAULT = {"QuantizeLinear": "uint8", "QLinearConv": "uint8", "QLinearMatMul": "uint8", "DequantizeLinear": "float32"}
+
+
+def _propagate_dtype(nd, dtypes):
+    """The dtype of an op's first output when the file does not record it (value_info)."""
+    op_type, _, _, ins, outs, attrs = nd
+    if not outs or not outs[0] or outs[0] in dtypes:
+        return
+    from_input = _DTYPE_FROM_INPUT.get(op_type)
+    if op_type in _FIXED_DTYPE:
+        dt = _FIXED_DTYPE[op_type]
+    elif op_type == "Cast" and isinstance(attrs.get("to"), int):
+        dt = ONNX_TYPES.get(attrs["to"])
+    elif from_input is not None:
+        src = ins[from_input] if len(ins) > from_input and ins[from_input] else None
+        dt = dtypes.get(src) if src else None
+        dt = dt or _DTYPE_DEFAULT.get(op_type)
+    else:
+        dt = next((dtypes[i] for i in ins if i and i in dtypes), None)
+    if dt:
+        dtypes[outs[0]] = dt
