@@ -113,12 +113,12 @@ def _scaled(x: np.ndarray, options: dict) -> np.ndarray:
 @READERS.register("yaml")
 def read_spec_file(path: str, options: dict) -> Dataset:
     """A data spec file (see calibration/): ``source`` (relative to the file), ``options``, ``limit``, ``seed``."""
-    import yaml
+    from workbench.core.yamlfile import read_yaml
 
     try:
-        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"Data spec '{path}' is not readable YAML: {exc}.") from None
+        spec = read_yaml(path, "data spec", error=DataError)[0] or {}
+    except OSError as exc:
+        raise DataError(f"Data spec '{path}' is not readable: {exc}.") from None
     if not isinstance(spec, dict) or "source" not in spec:
         raise DataError(f"Data spec '{path}' needs a 'source' key (a built-in set, or a file relative to the spec).")
     unknown = set(spec) - {"source", "options", "limit", "seed", "split", "description", "classes", "preprocessing"}

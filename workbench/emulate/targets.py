@@ -303,20 +303,12 @@ def _npu(r: _Reader, n) -> NpuSpec:
 
 
 def load_target_file(path: str | Path) -> Target:
-    import yaml
+    from workbench.core.yamlfile import read_yaml
 
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"Target file '{p}' does not exist.", hint="Check the path, or use a built-in profile: workbench targets list")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"Target file '{p}' is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}.",
-                          hint="Fix the syntax; compare with a built-in profile (workbench targets show host).") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"Target file '{p}' is not UTF-8 text.") from None
+    data, _node = read_yaml(p, "target file")
     return target_from_dict(data, str(p))
 
 
