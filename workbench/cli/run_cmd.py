@@ -47,11 +47,25 @@ def _execute(recipe_path: Path, out: Path, jobs: int, fail_on: tuple[str, ...], 
         for k, j in doc["jobs"].items():
             for err in j.get("errors", []):
                 click.echo(f"not built: {k} {err}")
+        for r in doc["rows"]:
+            if r.get("tool_failure"):
+                click.echo(f"tool failure (no verdict): {r['model']}/{r['variant']} on {r.get('target')}: {r['tool_failure']}")
         click.echo(f"\nreports: {paths['markdown']}  {paths['html']}  {out / 'results.json'}")
         for b in broken:
             click.echo(f"budget broken: {b['model']}/{b['variant']} on {b['target'] or '-'}: {b['budget']} (value {b['value']})")
-    if broken:
-        sys.exit(1)
+    sys.exit(exit_code(doc, broken))
+
+
+def exit_code(doc: dict, broken: list) -> int:
+    """4 when a tool failed while measuring (results are missing, not judged), 1 when a variant could
+    not be built or a budget broke, else 0. Neither kind of job is cached."""
+    from workbench.core.errors import ToolFailure
+
+    if any(r.get("tool_failure") for r in doc["rows"]):
+        return ToolFailure.exit_code
+    if broken or any(j.get("errors") for j in doc["jobs"].values()):
+        return 1
+    return 0
 
 
 @click.command("run")

@@ -15,8 +15,9 @@ targets: [raspberry-pi-4, stm32l4r5]
 budgets: ["accuracy_drop_pp>1.0", "arena_bytes>200000"]
 ```
 
-Unknown keys are refused with their line and the valid keys; paths are relative to the
-recipe file. Parsing yields frozen dataclasses; nothing runs here.
+Unknown keys and values of the wrong type are refused with their line; model and variant names
+must be one path component (each names an output folder); paths, including ``data:`` files and
+folders, are relative to the recipe file. Parsing yields frozen dataclasses; nothing runs here.
 """
 
 from __future__ import annotations
@@ -81,18 +82,78 @@ class Recipe:
     data: dict = field(default_factory=dict)
 
 
+# The YAML type each key takes: str, int, number (int or float), bool, list (of scalars), map, or a
+# name (one path component: it names a folder of the output).
+TYPES = {
+    "": {"name": "str", "models": "seq", "data": "map", "variants": "seq", "targets": "list", "budgets": "list",
+         "description": "str"},
+    "models": {"name": "name", "path": "str", "factory": "str", "input_shape": "list", "trust_model": "bool"},
+    "data": {"calib": "str", "train": "str", "eval": "str", "calib_samples": "int", "eval_samples": "int",
+             "train_samples": "int", "metric": "str", "eval_on_target": "bool"},
+    "variants": {"name": "name", "scheme": "str", "formats": "list", "prune": "map", "cluster": "map", "qat": "map",
+                 "calibrator": "str", "per_channel": "bool", "io_dtype": "str", "frameworks": "list", "keep_float": "list",
+                 "deploy": "map"},
+    "deploy": {"strip": "str", "compress": "int"},
+    "prune": {"method": "str", "sparsity": "number", "epochs": "int", "schedule": "str", "lr": "number"},
+    "cluster": {"clusters": "int", "epochs": "int", "lr": "number", "layers": "list", "min_weights": "int"},
+    "qat": {"epochs": "int", "lr": "number"},
+}
+_TAG = "tag:yaml.org,2002:"
+_SCALARS = {"str": ("str",), "name": ("str", "int"), "int": ("int",), "number": ("int", "float"), "bool": ("bool",)}
+_WORDS = {"str": "text", "name": "a name", "int": "a whole number", "number": "a number", "bool": "true or false",
+          "list": "a list", "seq": "a list of mappings", "map": "a mapping"}
+NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*"
+
+
+def check_name(value, what: str, where: str) -> str:
+    """A model or variant name: it becomes one folder of the output, so one path component and nothing else."""
+    import re
+
+    name = str(value)
+    if not re.fullmatch(NAME_RE, name) or name.strip(".") == "" or ".." in name:
+        raise ConfigError(f"{where}: {what} name {name!r} cannot name an output folder.",
+                          hint="Use letters, digits and . _ - + = only (no '/', '\\', '..' or leading '.'), e.g. digits-int8.")
+    return name
+
+
+def _type_ok(node, kind: str) -> bool:
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null":
+        return True  # an empty value means "not set", as if the key were absent
+    if kind in _SCALARS:
+        return isinstance(node, yaml.ScalarNode) and node.tag[len(_TAG):] in _SCALARS[kind]
+    if kind == "map":
+        return isinstance(node, yaml.MappingNode)
+    if kind == "seq":
+        return isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value)
+    return isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value)
+
+
 def _check_keys(node, section: str, where: str) -> None:
+    """Unknown keys and values of the wrong type, refused with their line, before anything runs."""
     import yaml
 
     if not isinstance(node, yaml.MappingNode):
+        if section == "":
+            raise ConfigError(f"Recipe '{where}' should be a mapping with models, data, variants and targets.")
         return
     valid = SCHEMA[section]
     for k, v in node.value:
-        if k.value not in valid:
-            raise ConfigError(f"{where}, line {k.start_mark.line + 1}: unknown key '{k.value}'"
-                              f"{' in ' + section if section else ''}.",
+        key = k.value
+        line = f"{where}, line {k.start_mark.line + 1}"
+        if key not in valid:
+            raise ConfigError(f"{line}: unknown key '{key}'{' in ' + section if section else ''}.",
                               hint=f"Valid keys{' in ' + section if section else ''}: {', '.join(sorted(valid))}.")
-        sub = k.value if k.value in SCHEMA else None
+        kind = TYPES[section][key]
+        if not _type_ok(v, kind):
+            found = (f"{v.value!r}" if isinstance(v, yaml.ScalarNode) else
+                     "a list" if isinstance(v, yaml.SequenceNode) else "a mapping")
+            raise ConfigError(f"{line}: '{key}'{' in ' + section if section else ''} should be {_WORDS[kind]}, found {found}.",
+                              hint=f"Example: {EXAMPLES.get(key, key + ': ...')}")
+        if kind == "name" and isinstance(v, yaml.ScalarNode) and v.tag != _TAG + "null":
+            check_name(v.value, section.rstrip("s"), line)
+        sub = key if key in SCHEMA else None
         if sub and isinstance(v, yaml.SequenceNode):
             for item in v.value:
                 _check_keys(item, sub, where)
@@ -100,22 +161,40 @@ def _check_keys(node, section: str, where: str) -> None:
             _check_keys(v, sub, where)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    import yaml
+EXAMPLES = {"formats": "formats: [tflite, onnx]", "targets": "targets: [raspberry-pi-4, stm32l4r5]",
+            "budgets": "budgets: [\"accuracy_drop_pp>1.0\"]", "models": "models: [{name: m, path: model.keras}]",
+            "variants": "variants: [{name: int8, scheme: int8}]", "input_shape": "input_shape: [1, 1, 28, 28]",
+            "eval_samples": "eval_samples: 500", "calib_samples": "calib_samples: 200", "sparsity": "sparsity: 0.5",
+            "epochs": "epochs: 3", "per_channel": "per_channel: true"}
 
+
+def load_recipe(path: str | Path) -> Recipe:
     from workbench.core.files import check_input_file
+    from workbench.core.yamlfile import read_yaml
 
     p = check_input_file(path, "recipe")
-    text = p.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Recipe '{p}' is not valid YAML: {exc}") from None
+    doc, node = read_yaml(p, "recipe")
     if not isinstance(doc, dict):
         raise ConfigError(f"Recipe '{p}' should be a mapping with models, data, variants and targets.")
     _check_keys(node, "", str(p))
     return parse_recipe(doc, p)
+
+
+DATA_PATH_KEYS = ("calib", "train", "eval")
+
+
+def _data(data: dict, base: Path) -> dict:
+    """``data:`` with file and folder specs made relative to the recipe's folder (built-in sets and
+    module:function specs stay as written; a path that exists only from the current folder is kept)."""
+    out = dict(data)
+    for k in DATA_PATH_KEYS:
+        v = out.get(k)
+        if not isinstance(v, str):
+            continue
+        path, sep, opts = v.partition("#")
+        if path and not Path(path).is_absolute() and (base / path).exists():
+            out[k] = str((base / path).resolve()) + sep + opts
+    return out
 
 
 def _deploy(d, p: Path, name) -> dict | None:
@@ -141,7 +220,7 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
         if not mp.is_absolute():
             mp = (base / mp) if (base / mp).exists() else Path.cwd() / mp
         shape = tuple(m["input_shape"]) if m.get("input_shape") else None
-        models.append(ModelRef(name=m.get("name") or mp.stem, path=mp, factory=m.get("factory"), input_shape=shape,
+        models.append(ModelRef(name=check_name(m.get("name") or mp.stem, "model", f"Recipe '{p}', model {i + 1}"), path=mp, factory=m.get("factory"), input_shape=shape,
                                trust_model=bool(m.get("trust_model", False))))
     if not models:
         raise ConfigError(f"Recipe '{p}' names no models.", hint="Add a 'models:' list with at least one 'path'.")
@@ -158,7 +237,7 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
                               hint=f"Valid schemes: {', '.join(SCHEMES)}.")
         if v.get("qat") and scheme != "int8":
             raise ConfigError(f"Recipe '{p}', variant '{v.get('name')}': QAT produces int8 models; drop 'scheme' or set it to int8.")
-        variants.append(Variant(name=str(v.get("name") or f"variant{i + 1}"), scheme=scheme, formats=formats,
+        variants.append(Variant(name=check_name(v.get("name") or f"variant{i + 1}", "variant", f"Recipe '{p}', variant {i + 1}"), scheme=scheme, formats=formats,
                                 prune=v.get("prune"), qat=v.get("qat"), calibrator=v.get("calibrator", "minmax"),
                                 per_channel=bool(v.get("per_channel", True)), io_dtype=v.get("io_dtype"),
                                 frameworks=tuple(v.get("frameworks") or ()),
@@ -166,10 +245,13 @@ def parse_recipe(doc: dict, p: Path) -> Recipe:
                                 deploy=_deploy(v.get("deploy"), p, v.get("name", i + 1))))
     if not variants:
         raise ConfigError(f"Recipe '{p}' lists no variants.", hint="Add a 'variants:' list, e.g. - {name: int8, scheme: int8}.")
+    mnames = [m.name for m in models]
+    if len(set(mnames)) != len(mnames):
+        raise ConfigError(f"Recipe '{p}': model names must be unique (got {mnames}); each names a folder of the output.")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"Recipe '{p}': variant names must be unique (got {names}).")
-    data = dict(doc.get("data") or {})
+    data = _data(doc.get("data") or {}, base)
     from workbench.evaluate.metrics import CHOICES
 
     if data.get("metric") is not None and data["metric"] not in CHOICES:

@@ -144,7 +144,7 @@ def _emulated(path: Path, target: str, data: dict | None = None, reference=None)
     model run as the target runs it (the firmware's kernels on an MCU) against ``reference``."""
     from workbench.emulate import emulate
 
-    from workbench.core.errors import UnsupportedError
+    from workbench.core.errors import ToolFailure, UnsupportedError
 
     kw = {}
     if data is not None:
@@ -153,10 +153,14 @@ def _emulated(path: Path, target: str, data: dict | None = None, reference=None)
         r = emulate(path, target, **kw).to_dict()
     except UnsupportedError as exc:  # the target's runtime cannot run this model at all (e.g. hybrid on TFLM)
         return {"target": target, "fits": False, "error": exc.message}
+    except ToolFailure as exc:  # our tooling failed, not the model: no verdict, and the job is not cached
+        return {"target": target, "fits": None, "tool_failure": exc.message}
     except WorkbenchError as exc:
         return {"target": target, "fits": None, "error": exc.message}
     keep = ("flash_bytes", "ram_bytes", "arena_bytes", "latency_ms", "fits", "unsupported_ops", "method")
     out = {"target": target, **{k: r.get(k) for k in keep}}
+    if r.get("tool_failure"):
+        out["tool_failure"] = r["tool_failure"]
     out["unsupported_ops"] = len(r.get("unsupported_ops") or [])
     out["target_kind"] = r.get("target_kind")
     out["flash_limit_bytes"] = r.get("flash_budget_bytes")
