@@ -50,11 +50,35 @@ class WorkbenchGroup(click.Group):
             _fail("Interrupted.", None, 130)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except OSError as exc:
+            said = os_error_message(exc)
+            if said is None or debug:
+                raise
+            _fail(*said)
         except Exception as exc:  # a bug: say so briefly, keep the traceback for --debug
             if debug:
                 raise
             _fail(f"Internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   "This is a bug in workbench. Run again with --debug for the traceback and report it.", INTERNAL_ERROR)
+
+
+def os_error_message(exc: OSError) -> tuple[str, str, int] | None:
+    """What the machine refused (a full disk, a read-only or missing folder), said as such: exit 2, not a bug."""
+    import errno
+
+    where = f" '{exc.filename}'" if exc.filename else ""
+    known = {
+        errno.ENOSPC: ("No space left on the device while writing{where}.", "Free some space, or write -o elsewhere."),
+        errno.EDQUOT: ("Disk quota exceeded while writing{where}.", "Free some space, or write -o elsewhere."),
+        errno.EROFS: ("{where} is on a read-only file system.", "Choose another -o path."),
+        errno.EACCES: ("Permission denied:{where}.", "Check the file's permissions, or choose another path."),
+        errno.ENOTDIR: ("A part of the path{where} is a file, not a folder.", "Check the path."),
+        errno.EISDIR: ("{where} is a folder; a file was expected.", "Check the path."),
+    }
+    if exc.errno not in known:
+        return None
+    message, hint = known[exc.errno]
+    return message.format(where=where).strip(), hint, 2
 
 
 def _fail(message: str, hint: str | None, code: int):

@@ -24,17 +24,23 @@ def convert_model(model, fmt: str, out: str | Path, *, scheme: str = "float", ca
                   **export_options):
     """Export (and quantize) a model. ``calib`` is a data spec ("digits:train", "calib.npz", a
     folder...) or a Dataset. Returns the Artifact; its manifest is written beside it."""
+    from dataclasses import replace
+
+    from workbench.core.files import check_output
+    from workbench.export.artifact import staged
     from workbench.export.engine import convert
 
     handle = as_handle(model, load_options)
     cfg = QuantConfig(scheme=scheme, io_dtype=io_dtype, per_channel=per_channel, calibrator=calibrator,
                       calib_samples=calib_samples, keep_float=tuple(keep_float), seed=seed,
                       int16_layers=tuple(int16_layers))
+    check_output(out, overwrite)
     data = as_dataset(calib, "train") if cfg.needs_calibration else None
-    art = convert(handle, fmt, out, cfg, calib=data, overwrite=overwrite, **export_options)
-    if write_manifest:
-        art.write_manifest()
-    return art
+    with staged(out) as tmp:  # the artifact and its manifest replace the old pair together
+        art = convert(handle, fmt, tmp, cfg, calib=data, overwrite=True, **export_options)
+        if write_manifest:
+            art.write_manifest()
+    return replace(art, path=Path(out))
 
 
 def check_convert(model, fmt: str, *, scheme: str = "float", io_dtype: str | None = None, per_channel: bool = True,
@@ -74,7 +80,7 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
     from workbench.export.tflm_sources import write_tflm_project
 
     handle = as_handle(model, load_options)
-    check_output(out, overwrite)
+    check_output(out, overwrite, folder=True)
     label_list = None
     if labels:
         label_list = [ln.strip() for ln in check_input_file(labels, "labels").read_text(encoding="utf-8").splitlines() if ln.strip()]
