@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from workbench.cli import main
 
+from test_remote_profile import board  # noqa: F401  (a fixture: an sshd on 127.0.0.1)
+
 
 def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -309,3 +311,88 @@ def test_dtype_column_is_each_ops_output_dtype(tmp_path):
     info = json.loads(_cli("inspect", src, "--json").output)
     assert {r["name"]: r["dtype"] for r in info["layers"]} == {"quant": "int8", "dequant": "float32", "shape": "int64",
                                                                "cast": "float32"}
+
+
+# --- profile: dynamic dims are filled by --input-shape, or refused --------------------------------------
+
+def test_profile_refuses_dynamic_non_batch_dims_without_input_shape(tmp_path):
+    src = _paddle_like(tmp_path / "p.onnx")
+    r = _cli("profile", src, "--runs", 2, "--warmup", 0, "-o", tmp_path / "r.json")
+    assert r.exit_code == 2, r.output  # was: timed at [1, 3, 1, 1] without a word
+    assert "Input 'x' has dynamic dims [?, 3, ?, ?]" in r.output and "--input-shape" in r.output
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_profile_input_shape_is_used_and_reported(tmp_path):
+    src = _paddle_like(tmp_path / "p.onnx")
+    r = _cli("profile", src, "--runs", 3, "--warmup", 1, "--input-shape", "1,3,32,24", "--no-per-op")
+    assert r.exit_code == 0, r.output
+    assert "x [1, 3, 32, 24] float32, random (--input-shape)" in r.output
+    rep = json.loads(_cli("profile", src, "--runs", 3, "--warmup", 0, "--input-shape", "1,3,32,24", "--json").output)
+    assert rep["inputs"] == [{"name": "x", "shape": [1, 3, 32, 24], "dtype": "float32", "source": "--input-shape"}]
+    assert rep["settings"]["input_shape"] == [1, 3, 32, 24]
+    assert {o["kind"] for o in rep["ops"]} >= {"Conv", "ConvTranspose"}  # it ran at that shape, per op too
+
+
+@pytest.mark.parametrize("shape, says", [("1,4,32,32", "dim 1 is fixed at 3"), ("1,3,32", "has 3 dims")])
+def test_profile_input_shape_that_does_not_fit_is_refused(tmp_path, shape, says):
+    r = _cli("profile", _paddle_like(tmp_path / "p.onnx"), "--runs", 2, "--input-shape", shape)
+    assert r.exit_code == 2 and says in r.output, r.output
+
+
+def test_profile_dynamic_batch_alone_is_timed_at_1_and_says_so(tmp_path):
+    from onnx import helper
+
+    src = _model(tmp_path / "b.onnx", [helper.make_node("Relu", ["x"], ["y"])], [], [_vi("x", ["batch", 3, 8, 8])],
+                 [_vi("y", ["batch", 3, 8, 8])])
+    rep = json.loads(_cli("profile", src, "--runs", 2, "--warmup", 0, "--json").output)
+    assert rep["inputs"][0]["shape"] == [1, 3, 8, 8] and rep["inputs"][0]["source"] == "model, dynamic batch set to 1"
+
+
+def test_profiler_script_alone_takes_input_shape(tmp_path):
+    """The script streamed to a board: the same refusal (exit 2, JSON error) and the same shapes, with no workbench."""
+    import subprocess
+    import sys
+
+    from workbench.profile import device_script
+
+    src = _paddle_like(tmp_path / "p.onnx")
+    script = tmp_path / "profiler.py"
+    script.write_bytes(open(device_script.__file__, "rb").read())
+    run = lambda *a: subprocess.run([sys.executable, "-I", str(script), str(src), "--runs", "2", "--warmup", "0",
+                                     "--no-per-op", *a], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = run()
+    assert p.returncode == 2 and json.loads(p.stdout)["error"]["kind"] == "bad_input", p.stdout + p.stderr
+    p = run("--input-shape", "1,3,16,16")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["inputs"][0]["shape"] == [1, 3, 16, 16]
+
+
+def test_profile_litert_dynamic_dims(tmp_path):
+    """A .tflite with a [1, ?, ?, 3] input (shape_signature -1): refused without --input-shape, resized with it."""
+    import tensorflow as tf
+
+    w = tf.constant(RNG.normal(size=(3, 3, 3, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    def f(x):
+        return tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME"))
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    (tmp_path / "dyn.tflite").write_bytes(conv.convert())
+    r = _cli("profile", tmp_path / "dyn.tflite", "--runs", 2)
+    assert r.exit_code == 2 and "dynamic dims [1, ?, ?, 3]" in r.output, r.output
+    rep = json.loads(_cli("profile", tmp_path / "dyn.tflite", "--runs", 2, "--warmup", 0, "--input-shape", "1,20,12,3",
+                          "--json").output)
+    assert rep["inputs"][0]["shape"] == [1, 20, 12, 3] and rep["inputs"][0]["source"] == "--input-shape"
+
+
+def test_remote_profile_passes_input_shape_to_the_board(tmp_path, request):
+    board = request.getfixturevalue("board")
+    src = _paddle_like(tmp_path / "p.onnx")
+    r = _cli("profile", src, "--runs", 2, "--warmup", 0, *board.cli_args())
+    assert r.exit_code == 2 and "dynamic dims" in r.output, r.output  # refused before connecting
+    r = _cli("profile", src, "--runs", 2, "--warmup", 0, "--input-shape", "1,3,16,16", "--json", *board.cli_args())
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["target"]["remote"] == board.destination and rep["inputs"][0]["shape"] == [1, 3, 16, 16]

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from workbench.cli.common import emit_json, human_bytes, json_option, overwrite_option, table
+from workbench.cli.common import emit_json, human_bytes, json_option, overwrite_option, parse_shape, table
 
 INTERRUPTED = 130
 
@@ -29,19 +29,25 @@ INTERRUPTED = 130
 @click.option("--remote-python", default="python3", show_default=True, metavar="PATH",
               help="The Python to run on the board (e.g. a venv's bin/python3).")
 @click.option("--no-per-op", is_flag=True, help="Skip the per-op timing pass (ONNX Runtime).")
+@click.option("--input-shape", callback=parse_shape, metavar="DIMS",
+              help="The first input's shape, batch first (e.g. 1,3,640,640): fills its dynamic dims. Required when a "
+                   "dim other than the batch is dynamic; a dynamic batch alone is timed at 1.")
 @json_option
 @click.option("-o", "--output", type=click.Path(), help="Write the report as JSON to this file.")
 @overwrite_option
-def profile_cmd(model, runtime, threads, runs, warmup, remote, ssh_options, remote_python, no_per_op, as_json, output,
-                overwrite):
+def profile_cmd(model, runtime, threads, runs, warmup, remote, ssh_options, remote_python, no_per_op, input_shape, as_json,
+                output, overwrite):
     """Measure MODEL: load time, first inference, latency (mean, p50, p90, p99), throughput,
     peak memory and per-op times where the runtime reports them, with the device's CPU,
     clock governor, temperature and throttling state.
+
+    The inputs are random, of the shapes the report prints (and records under "inputs").
 
     \b
     Examples:
       workbench profile model.tflite --threads 4 -o pi4.json
       workbench profile model.tflite --remote pi@raspberrypi.local --runs 50 -o pi4.json
+      workbench profile det.onnx --input-shape 1,3,640,640
 
     Ctrl-C during the runs prints (and writes) what was measured so far, then exits with 130.
     """
@@ -56,9 +62,10 @@ def profile_cmd(model, runtime, threads, runs, warmup, remote, ssh_options, remo
     try:
         if remote:
             report = profiling.profile_remote(model, remote, runtime, threads, runs, warmup, view, ssh_options=ssh_options,
-                                              python=remote_python, per_op=not no_per_op)
+                                              python=remote_python, per_op=not no_per_op, input_shape=input_shape)
         else:
-            report = profiling.profile(model, runtime, threads, runs, warmup, view, per_op=not no_per_op)
+            report = profiling.profile(model, runtime, threads, runs, warmup, view, per_op=not no_per_op,
+                                       input_shape=input_shape)
     finally:
         view.close()
     if output:
@@ -127,6 +134,9 @@ def render(r: dict) -> None:
     if extra:
         click.echo(f"          {', '.join(extra)}")
     click.echo(f"runtime:  {rt['name']} via {rt.get('module')} {rt.get('version') or ''}, {rt.get('threads')} thread(s)")
+    for k, i in enumerate(r.get("inputs") or []):
+        src = f" ({i['source']})" if i.get("source") else ""
+        click.echo(f"{'inputs:' if k == 0 else '':<10}{i['name']} {i['shape']} {i['dtype']}, random{src}")
     if r.get("interrupted"):
         click.echo(f"INTERRUPTED: {lat['runs']} of {r['settings']['runs']} runs measured; these are partial results.")
     click.echo()

@@ -119,6 +119,36 @@ def _first_line(exc):
 
 # Random inputs: floats uniform in [0, 1) (image-like), small integer types over their full
 # range, and zeros for int32/int64/bool (often indices or lengths, where random values crash).
+def resolve_shape(name, declared, given=None):
+    """The shape to feed an input: ``declared`` (ints; None or a negative for a dynamic dim) with
+    ``given`` (the user's --input-shape) filling it. A dynamic batch (dim 0) alone becomes 1; any
+    other dynamic dim without ``given`` is refused, since a made-up size measures another model.
+    Returns (shape, source) with source "model", "model, dynamic batch set to 1" or "--input-shape"."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in (declared or [])]
+    shown = "[%s]" % ", ".join("?" if d is None else str(d) for d in dims)
+    if given is not None:
+        given = [int(d) for d in given]
+        if len(given) != len(dims):
+            raise ProfilerError("bad_input", "--input-shape %s has %d dims; input '%s' has %d: %s."
+                                % (",".join(map(str, given)), len(given), name, len(dims), shown))
+        fixed = [j for j, d in enumerate(dims) if d is not None and d != given[j]]
+        if fixed:
+            raise ProfilerError("bad_input", "--input-shape %s does not match input '%s' %s: dim %d is fixed at %d."
+                                % (",".join(map(str, given)), name, shown, fixed[0], dims[fixed[0]]),
+                                hint="Only the dynamic (?) dims can be chosen.")
+        return given, "--input-shape"
+    unknown = [j for j, d in enumerate(dims) if d is None and j > 0]
+    if unknown:
+        raise ProfilerError("bad_input", "Input '%s' has dynamic dims %s: the profiler will not make up its size."
+                            % (name, shown),
+                            hint="Pass --input-shape with the shape the device will see, batch first: %s with each "
+                                 "<dN> chosen." % ",".join("1" if j == 0 and d is None else ("<d%d>" % j if d is None else str(d))
+                                                           for j, d in enumerate(dims)))
+    if dims and dims[0] is None:
+        return [1] + dims[1:], "model, dynamic batch set to 1"
+    return dims, "model"
+
+
 def _random_input(np, rng, shape, dtype):
     dt = np.dtype(dtype)
     if dt.kind == "f":
@@ -135,18 +165,23 @@ class LiteRTBackend:
     name = "litert"
     suffix = ".tflite"
 
-    def __init__(self, threads):
+    def __init__(self, threads, input_shape=None):
         self.mod, self.module_name, self.version = _import_tflite()
         self.threads = threads
+        self.input_shape = input_shape
         self.interp = None
+        self.shape_sources = []
 
     def load(self, path):
         try:
             self.interp = self.mod.Interpreter(model_path=path, num_threads=self.threads)
-            for d in self.interp.get_input_details():
+            for k, d in enumerate(self.interp.get_input_details()):
                 sig = d.get("shape_signature")
-                if sig is not None and len(sig) and min(int(s) for s in sig) < 0:
-                    self.interp.resize_tensor_input(d["index"], [1 if int(s) < 0 else int(s) for s in sig])
+                declared = [int(s) for s in (sig if sig is not None and len(sig) else d["shape"])]
+                shape, source = resolve_shape(d["name"], declared, self.input_shape if k == 0 else None)
+                self.shape_sources.append(source)
+                if list(shape) != [int(s) for s in d["shape"]]:
+                    self.interp.resize_tensor_input(d["index"], list(shape))
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ProfilerError("model_load", "%s could not load the model: %s" % (self.module_name, _first_line(exc)),
@@ -155,7 +190,8 @@ class LiteRTBackend:
         self._out = self.interp.get_output_details()
 
     def inputs(self):
-        return [{"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": _dtype_name(d["dtype"])} for d in self._in]
+        return [{"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": _dtype_name(d["dtype"]), "source": src}
+                for d, src in zip(self._in, self.shape_sources)]
 
     def make_feeds(self, np, rng):
         return [_random_input(np, rng, tuple(int(s) for s in d["shape"]), d["dtype"]) for d in self._in]
@@ -193,7 +229,7 @@ class OrtBackend:
     name = "ort"
     suffix = ".onnx"
 
-    def __init__(self, threads):
+    def __init__(self, threads, input_shape=None):
         try:
             import onnxruntime
         except ImportError as exc:
@@ -203,7 +239,9 @@ class OrtBackend:
         self.module_name = "onnxruntime"
         self.version = getattr(onnxruntime, "__version__", None)
         self.threads = threads
+        self.input_shape = input_shape
         self.sess = None
+        self.shapes = []
 
     def _options(self, path, profile_prefix=None):
         so = self.ort.SessionOptions()
@@ -229,16 +267,18 @@ class OrtBackend:
     def load(self, path):
         self.sess = self._session(path)
         self._in = self.sess.get_inputs()
+        self.shapes = [resolve_shape(i.name, i.shape, self.input_shape if k == 0 else None) for k, i in enumerate(self._in)]
 
     def inputs(self):
-        return [{"name": i.name, "shape": _ort_shape(i.shape), "dtype": ORT_TYPES.get(i.type, i.type)} for i in self._in]
+        return [{"name": i.name, "shape": list(shape), "dtype": ORT_TYPES.get(i.type, i.type), "source": source}
+                for i, (shape, source) in zip(self._in, self.shapes)]
 
     def make_feeds(self, np, rng):
         feeds = {}
-        for i in self._in:
+        for i, (shape, _) in zip(self._in, self.shapes):
             if i.type not in ORT_TYPES:
                 raise ProfilerError("bad_input", "Input '%s' has type %s, which the profiler cannot fill." % (i.name, i.type))
-            feeds[i.name] = _random_input(np, rng, tuple(_ort_shape(i.shape)), ORT_TYPES[i.type])
+            feeds[i.name] = _random_input(np, rng, tuple(shape), ORT_TYPES[i.type])
         return feeds
 
     def run(self, feeds):
@@ -266,10 +306,6 @@ class OrtBackend:
     def info(self):
         return {"name": self.name, "module": self.module_name, "version": self.version, "threads": self.threads,
                 "provider": "CPUExecutionProvider"}
-
-
-def _ort_shape(shape):
-    return [d if isinstance(d, int) and d > 0 else 1 for d in (shape or [])]
 
 
 def parse_ort_trace(events):
@@ -598,13 +634,14 @@ class _Events:
 
 
 def profile_model(path, runtime=None, threads=None, runs=100, warmup=10, per_op=True, per_op_runs=20, seed=0,
-                  progress=None, stop=None, model_name=None):
+                  progress=None, stop=None, model_name=None, input_shape=None):
     """Profile one model file on this machine and return the report (a JSON-ready dict).
 
     ``threads=None`` uses every core the process may run on. ``progress(event)`` receives
     dicts: {"event": "stage", "stage": ...} and {"event": "progress", "stage", "done", "total"}.
     ``stop`` (a threading.Event) or Ctrl-C ends the runs early: the report then holds what
-    was measured and ``"interrupted": true``.
+    was measured and ``"interrupted": true``. ``input_shape`` (batch first) fills the first input's
+    dynamic dims; a dynamic dim other than the batch without it is refused (see :func:`resolve_shape`).
     """
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise ProfilerError("bad_input", "runs must be >= 1, warmup >= 0 and threads >= 1 (got runs=%s, warmup=%s, "
@@ -624,7 +661,7 @@ def profile_model(path, runtime=None, threads=None, runs=100, warmup=10, per_op=
     np = _numpy()
     state = {"interrupted": False, "latencies": [], "warmup_done": 0}
     with _CapturedFd(2) as import_log:  # onnxruntime's cpuinfo warnings on some boards
-        backend = BACKENDS[runtime](threads)
+        backend = BACKENDS[runtime](threads, input_shape)
     state["system"] = system_facts()
     state["thermal_before"] = thermal_state()
     try:
@@ -717,6 +754,7 @@ def build_report(state, backend, path, model_name, runs, warmup, seed, per_op):
         "target": {"name": system.get("hostname") or "this machine", "description": system["description"], "system": system},
         "runtime": dict(backend.info(), load_log=state.get("load_log", [])),
         "settings": {"runs": runs, "warmup": warmup, "threads": backend.threads, "seed": seed, "timed": backend.timed_call,
+                     "input_shape": list(backend.input_shape) if backend.input_shape else None,
                      "inputs": "random: floats uniform in [0, 1), int8/uint8/int16 over their range, other types zero"},
         "inputs": ins,
         "batch": batch,
@@ -796,6 +834,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-per-op", action="store_true", help="skip the per-op timing pass")
+    ap.add_argument("--input-shape", help="the first input's shape, batch first (e.g. 1,3,224,224): fills dynamic dims")
     ap.add_argument("--events", action="store_true", help="write progress events to stderr")
     ap.add_argument("--control-stdin", action="store_true", help="after the model, a 'stop' line on stdin ends the runs")
     args = ap.parse_args(argv)
@@ -812,11 +851,20 @@ def main(argv=None):
                 raise ProfilerError("bad_input", "Model file '%s' does not exist." % path)
         else:
             raise ProfilerError("bad_input", "Give a model file, or --model-stdin NBYTES.")
+        shape = None
+        if args.input_shape:
+            try:
+                shape = [int(v) for v in args.input_shape.replace("x", ",").split(",") if v.strip()]
+            except ValueError:
+                shape = []
+            if not shape or min(shape) < 1:
+                raise ProfilerError("bad_input", "--input-shape '%s' is not a shape of positive integers." % args.input_shape)
         if args.control_stdin:
             _watch_control(sys.stdin.buffer, stop)
         report = profile_model(path, args.runtime, args.threads, args.runs, args.warmup, per_op=not args.no_per_op,
                                seed=args.seed, progress=_stderr_events if args.events else None, stop=stop,
-                               model_name=args.model_name or (os.path.basename(args.model) if args.model else None))
+                               model_name=args.model_name or (os.path.basename(args.model) if args.model else None),
+                               input_shape=shape)
     except ProfilerError as exc:
         sys.stdout.write(json.dumps({"error": exc.to_dict()}) + "\n")
         return exc.exit_code

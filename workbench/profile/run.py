@@ -62,6 +62,7 @@ class ProfileSettings:
     per_op: bool = True
     per_op_runs: int = 20
     seed: int = 0
+    input_shape: tuple[int, ...] | None = None  # the first input's shape, batch first: fills its dynamic dims
 
     def __post_init__(self):
         if self.runtime is not None and self.runtime not in FORMATS_FOR_RUNTIME:
@@ -74,6 +75,8 @@ class ProfileSettings:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}.", hint="Leave it out to use every core.")
         if self.per_op_runs < 1:
             raise ConfigError(f"per_op_runs must be at least 1, got {self.per_op_runs}.")
+        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
+            raise ConfigError(f"--input-shape {self.input_shape} is not a shape of positive integers.")
 
     def script_args(self) -> list[str]:
         args = ["--runs", str(self.runs), "--warmup", str(self.warmup), "--seed", str(self.seed)]
@@ -81,6 +84,8 @@ class ProfileSettings:
             args += ["--threads", str(self.threads)]
         if not self.per_op:
             args.append("--no-per-op")
+        if self.input_shape:
+            args += ["--input-shape", ",".join(str(d) for d in self.input_shape)]
         return args
 
 
@@ -146,17 +151,20 @@ def _model_runtime(path: Path, runtime: str | None) -> tuple[str, str]:
 
 def profile(model_path: str | os.PathLike, runtime: str | None = None, threads: int | None = None, runs: int = 100,
             warmup: int = 10, progress: Progress | None = None, *, per_op: bool = True, per_op_runs: int = 20,
-            seed: int = 0) -> dict:
+            seed: int = 0, input_shape: tuple[int, ...] | None = None) -> dict:
     """Profile ``model_path`` on this machine. Ctrl-C during the runs returns the partial
-    report with ``"interrupted": true``."""
+    report with ``"interrupted": true``. ``input_shape`` (batch first) fills the first input's
+    dynamic dims; a dynamic dim other than the batch without it is bad input (the report's
+    ``inputs`` say which shapes were timed and where each came from)."""
     settings = ProfileSettings(runtime=runtime, threads=threads, runs=runs, warmup=warmup, per_op=per_op,
-                               per_op_runs=per_op_runs, seed=seed)
+                               per_op_runs=per_op_runs, seed=seed, input_shape=_shape(input_shape))
     path = check_input_file(model_path)
     fmt, rt = _model_runtime(path, settings.runtime)
+    check_input_shapes(path, fmt, settings.input_shape)
     try:
         report = profiler.profile_model(str(path), rt, settings.threads, settings.runs, settings.warmup,
                                         per_op=settings.per_op, per_op_runs=settings.per_op_runs, seed=settings.seed,
-                                        progress=progress, model_name=path.name)
+                                        progress=progress, model_name=path.name, input_shape=settings.input_shape)
     except profiler.ProfilerError as exc:
         raise _error_from(exc.to_dict(), path, where="this machine") from None
     return _finish(report, path, fmt, {"name": report["target"]["name"], "remote": None})
@@ -165,7 +173,8 @@ def profile(model_path: str | os.PathLike, runtime: str | None = None, threads: 
 def profile_remote(model_path: str | os.PathLike, remote: str | RemoteTarget, runtime: str | None = None,
                    threads: int | None = None, runs: int = 100, warmup: int = 10, progress: Progress | None = None, *,
                    ssh_options: tuple[str, ...] | list[str] = (), python: str = "python3", per_op: bool = True,
-                   per_op_runs: int = 20, seed: int = 0, connect_timeout: int = 10, stop_grace_s: float = 30.0) -> dict:
+                   per_op_runs: int = 20, seed: int = 0, connect_timeout: int = 10, stop_grace_s: float = 30.0,
+                   input_shape: tuple[int, ...] | None = None) -> dict:
     """Profile ``model_path`` on a board over ssh; the board needs Python 3.7+, numpy and a runtime.
 
     One ssh connection: the remote command is ``python3 -c BOOTSTRAP ARGS`` (every argument
@@ -173,13 +182,14 @@ def profile_remote(model_path: str | os.PathLike, remote: str | RemoteTarget, ru
     the control channel. Nothing is left on the board: the script writes the model to a
     private temporary file there and deletes it."""
     settings = ProfileSettings(runtime=runtime, threads=threads, runs=runs, warmup=warmup, per_op=per_op,
-                               per_op_runs=per_op_runs, seed=seed)
+                               per_op_runs=per_op_runs, seed=seed, input_shape=_shape(input_shape))
     target = remote if isinstance(remote, RemoteTarget) else RemoteTarget(
         remote, tuple(ssh_options), python, connect_timeout)
     path = check_input_file(model_path)
     if not path.is_file():
         raise InputFileError(f"'{path}' is not a file; remote profiling sends one model file.")
     fmt, rt = _model_runtime(path, settings.runtime)
+    check_input_shapes(path, fmt, settings.input_shape)  # refused here, before connecting
     if fmt == "onnx" and _has_external_data(path):
         raise UnsupportedError(
             f"'{path}' keeps its weights in separate external-data files; remote profiling sends one model file.",
@@ -195,6 +205,38 @@ def profile_remote(model_path: str | os.PathLike, remote: str | RemoteTarget, ru
     result = _run_ssh(target.ssh_argv(remote_args), script, path, progress, stop_grace_s)
     report = _parse_remote(result, target, path)
     return _finish(report, path, fmt, {"name": target.destination, "remote": target.destination})
+
+
+def _shape(shape) -> tuple[int, ...] | None:
+    return None if shape is None else tuple(int(d) for d in shape)
+
+
+def _declared_inputs(path: Path, fmt: str) -> list[tuple[str, tuple | None]]:
+    """(name, shape with None for dynamic dims) of each model input, read from the file on this machine."""
+    if fmt == "tflite":
+        from workbench.frontends.tflite_reader import read_tflite as read
+    elif fmt == "ort":
+        from workbench.frontends.ort_reader import read_ort as read
+    else:
+        from workbench.frontends.onnx_reader import read_onnx as read
+    try:
+        graph = read(path)
+    except WorkbenchError:
+        return []  # a file this side cannot read: the runtime where it runs says what is wrong with it
+    return [(graph.tensors[i].name, graph.tensors[i].shape) for i in graph.inputs]
+
+
+def check_input_shapes(path: Path, fmt: str, input_shape: tuple[int, ...] | None) -> None:
+    """Refuse, before anything runs, an input with a dynamic dim besides the batch that --input-shape
+    does not fill (the profiler would otherwise time a made-up size), or an --input-shape that does
+    not fit the first input. The profiler checks the same again where it runs."""
+    for k, (name, shape) in enumerate(_declared_inputs(path, fmt)):
+        if shape is None:
+            continue  # the file does not say: the runtime's own signature decides where it runs
+        try:
+            profiler.resolve_shape(name, list(shape), input_shape if k == 0 else None)
+        except profiler.ProfilerError as exc:
+            raise InputFileError(f"'{path.name}': {exc.message}", hint=exc.hint) from None
 
 
 def _has_external_data(path: Path) -> bool:
