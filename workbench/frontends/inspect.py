@@ -52,9 +52,24 @@ def describe(handle: ModelHandle) -> dict:
         **({"note": table.macs_unknown} if table.macs_unknown else {}),
         **({} if table.macs_unknown else _partial(layers)),
         **(table.facts or {}),
+        **_hybrid(handle),
         "op_counts": dict(Counter(r["op"] for r in layers)),
         "layers": layers,
     }
+
+
+def _hybrid(handle: ModelHandle) -> dict:
+    """A .tflite with quantized weights under float activations: ``hybrid`` and a note saying so."""
+    if handle.format != "tflite" or handle.meta.get("graph") is None:
+        return {}
+    from workbench.frontends.tflite_reader import hybrid_weights
+
+    h = hybrid_weights(handle.meta["graph"])
+    if h is None:
+        return {}
+    tflm = "; TFLite Micro has no hybrid kernels" if h["hybrid_ops"] else ""
+    return {"hybrid": h, "note": f"{h['summary']} ({h['hybrid_ops']} hybrid op(s), {h['dequantize_ops']} DEQUANTIZE of "
+                                 f"weights){tflm}; quantizing it again starts from its dequantized weights"}
 
 
 def _partial(layers: list) -> dict:

@@ -88,6 +88,7 @@ def _read(data: bytes, where: str) -> Graph:
         else:
             codes.append((names.get(code, f"BUILTIN_{code}"), oc.Version(), False))
     n_buf = _check_len(model.BuffersLength(), size, "buffer")
+    check_buffers(model, n_buf, size, where)
     # Every subgraph is read (WHILE loop bodies, IF branches): their tensors follow subgraph 0's in one
     # index space, their ops follow its ops, and each op records how often it runs per inference.
     tensors: list[Tensor] = []
@@ -115,6 +116,27 @@ def _read(data: bytes, where: str) -> Graph:
     if desc:
         meta["description"] = desc.decode("utf-8", "replace")
     return Graph(format="tflite", tensors=tuple(tensors), ops=tuple(ops), inputs=inputs, outputs=outputs, meta=meta)
+
+
+def check_buffers(model, n_buf: int, size: int, where: str) -> None:
+    """Every buffer's bytes lie inside the file: its inline data vector, and the ``offset``/``size`` pair that
+    models over 2 GB (and some writers) use to keep data after the flatbuffer. A buffer pointing past the end
+    would otherwise be read as whatever memory follows the file."""
+    for b in range(n_buf):
+        buf = model.Buffers(b)
+        o = buf._tab.Offset(4)  # the 'data' vector's field (generated accessors give only its length)
+        if o:
+            start, n = buf._tab.Vector(o), buf._tab.VectorLen(o)
+            if start + n > size:
+                raise ModelFormatError(
+                    f"'{where}' is corrupt: buffer {b} holds {n:,} bytes from byte {start:,}, past the end of the "
+                    f"file ({size:,} bytes).", hint="Re-export the model; if it came from a download, download it again.")
+        off, n = buf.Offset(), buf.Size()
+        if off > 1 and off + n > size:  # offset 0 (and 1, a writer's placeholder) means the data is inline
+            raise ModelFormatError(
+                f"'{where}' is corrupt: buffer {b} points to {n:,} bytes at offset {off:,}, beyond the end of the file "
+                f"({size:,} bytes; the buffer would end at byte {off + n:,}).",
+                hint="The file is truncated or was written wrongly; re-export the model, or download it again.")
 
 
 def _read_subgraph(s, model, sg, k: int, codes, n_buf: int, size: int, tensors: list, ops: list, small_ints: dict) -> None:
@@ -281,6 +303,59 @@ def _options_basic(s, o, kind: str) -> dict:
             p.Init(t.Bytes, t.Pos)
             return {"adj_x": bool(p.AdjX()), "adj_y": bool(p.AdjY())}
     return {}
+
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+NOT_COMPUTE = ("QUANTIZE", "DEQUANTIZE", "SHAPE")  # precision boundaries and shape reads compute nothing in float
+
+
+def float_ops(rows, layers: int = 5) -> list[dict]:
+    """The ops that compute in floating point, from ``(kind, dtype, layer name)`` rows (the dtype an op computes
+    in, :meth:`Graph.op_dtype`): ``[{"op", "count", "layers"}]``, most frequent first. In a quantized model these
+    are the ops left in float between DEQUANTIZE and QUANTIZE."""
+    found: dict[str, list[str]] = {}
+    for kind, dtype, name in rows:
+        if dtype in FLOAT_DTYPES and kind not in NOT_COMPUTE:
+            found.setdefault(kind, []).append(name)
+    return [{"op": k, "count": len(v), "layers": v[:layers]}
+            for k, v in sorted(found.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+
+
+def graph_float_ops(g: Graph) -> list[dict]:
+    return float_ops((op.kind, g.op_dtype(op), op.name) for op in g.ops)
+
+
+def describe_float_ops(rows: list[dict]) -> str:
+    """``ADD x9, MEAN x1`` from :func:`float_ops` rows."""
+    return ", ".join(f"{r['op']} x{r['count']}" for r in rows)
+
+
+INT_WEIGHTS = ("int8", "uint8", "int4", "int16")
+
+
+def hybrid_weights(g: Graph) -> dict | None:
+    """Quantized weights under float activations: ops computing in float that read quantized constants
+    directly (dynamic-range "hybrid" ops) or through a DEQUANTIZE of a constant (weight-only models).
+    None for float and fully integer models."""
+    hybrid_ops, dequantized, dtypes = 0, 0, []
+    for op in g.ops:
+        consts = [t for i in op.inputs if (t := g.tensor(i)) is not None and t.const and t.dtype in INT_WEIGHTS and t.scale]
+        if not consts:
+            continue
+        if op.kind == "DEQUANTIZE":
+            out = g.tensor(op.outputs[0]) if op.outputs else None
+            if out is None or out.dtype not in FLOAT_DTYPES:
+                continue
+            dequantized += 1
+        elif g.op_dtype(op) in FLOAT_DTYPES:
+            hybrid_ops += 1
+        else:
+            continue
+        dtypes.extend(d for d in dict.fromkeys(t.dtype for t in consts) if d not in dtypes)
+    if not hybrid_ops and not dequantized:
+        return None
+    return {"weights": "/".join(dtypes), "hybrid_ops": hybrid_ops, "dequantize_ops": dequantized,
+            "summary": f"hybrid: {'/'.join(dtypes)} weights, float activations"}
 
 
 def tensor_scale_zp(t: Tensor) -> tuple[float | None, int | None]:
