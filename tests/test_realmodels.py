@@ -151,7 +151,7 @@ def test_mltk_float_tflite_quantized_with_ai_edge_quantizer(tmp_path, capsys):
     from workbench.data import Dataset
     from workbench.evaluate.compare import agreement, predict
     from workbench.runtimes import open_runner
-    from workbench.export.tflite_quant import with_signature  # noqa: F401  (the path under test)
+    from workbench.export.tflite_prepare import ensure_signature  # noqa: F401  (the path under test)
 
     found = {stem: (h5, tfl) for stem, h5, tfl in mltk_models()}
     if "anomaly_detection" not in found:

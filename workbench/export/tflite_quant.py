@@ -25,22 +25,28 @@ Models without a signature (older converters wrote none; the MLPerf Tiny float m
 like that) cannot be calibrated: ai-edge-quantizer drives calibration through a signature
 runner. A copy of the model gets a ``serving_default`` signature over subgraph 0's input and
 output tensors first; the written model keeps it (harmless to every runtime), and the
-manifest says so.
+manifest says so. Old-schema operator codes and hybrid weights are handled the same way
+(:mod:`workbench.export.tflite_prepare`), and DIV ops whose divisor can quantize to its zero point
+are kept in float, each with a warning and a manifest entry.
+
+Every written model is run in LiteRT on all the calibration samples (or the parity samples)
+before the export succeeds: a model that fails to load or run names the op and the
+``--keep-float`` that avoids it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from workbench.core.errors import ModelFormatError, RuntimeFailure, UnsupportedError
+from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.core.quiet import captured_output, import_quietly
 from workbench.export import parity
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-
-SIGNATURE = "serving_default"
+from workbench.export.tflite_prepare import SIGNATURE, name_text, prepare, risky_divisions
 
 
 @dataclass(frozen=True)
@@ -103,53 +109,25 @@ def import_aeq():
     return import_quietly("ai_edge_quantizer", extra="quantize", purpose="Quantizing .tflite files")
 
 
-def with_signature(data: bytes, where: str) -> tuple[bytes, dict, bool]:
-    """The model with a signature (added over subgraph 0 when it has none), and {input name: index}."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as s
-
-    try:
-        model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
-    except Exception as exc:
-        raise ModelFormatError(f"{where} could not be read as a .tflite model: {exc}") from None
-    if model.signatureDefs:
-        sd = model.signatureDefs[0]
-        return data, {_name(t.name): t.tensorIndex for t in sd.inputs}, False
-    sg = model.subgraphs[0]
-
-    def tmap(indices, stem):
-        out = []
-        for i, idx in enumerate(indices):
-            t = s.TensorMapT()
-            t.name = (_name(sg.tensors[idx].name) or f"{stem}_{i}").encode()
-            t.tensorIndex = int(idx)
-            out.append(t)
-        return out
-
-    sd = s.SignatureDefT()
-    sd.signatureKey, sd.subgraphIndex = SIGNATURE.encode(), 0
-    sd.inputs, sd.outputs = tmap(sg.inputs, "input"), tmap(sg.outputs, "output")
-    model.signatureDefs = [sd]
-    b = flatbuffers.Builder(len(data) + 1024)
-    b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output()), {_name(t.name): t.tensorIndex for t in sd.inputs}, True
-
-
-def _name(n) -> str:
-    return n.decode() if isinstance(n, bytes) else (n or "")
-
-
 def run(job: ExportJob) -> dict:
     return quantize_tflite(job.handle, job.out, job.config, job.calib)
 
 
+STATIC_BITS = {"int8": 8, "mixed-int16": 8, "int16x8": 16}  # schemes with calibrated integer activations
+INTEGER_COMPUTE = ("int8", "uint8", "int16")
+
+
 def quantize_tflite(h, out_path, cfg, calib, where: str | None = None, check_fp16: bool = True) -> dict:
     """Quantize the float .tflite of handle ``h`` into ``out_path`` with the scheme's recipe. ``calib``: samples
-    in the .tflite's own layout. Returns the manifest's recipe."""
+    in the .tflite's own layout. The result is run on the calibration samples before this returns.
+    Returns the manifest's recipe."""
     where = where or f"'{h.path}'"
     recipe = RECIPES[cfg.scheme]
-    if any(s.dtype != "float32" for s in h.inputs):
-        raise UnsupportedError(f"{where} is already quantized (inputs {', '.join(s.dtype for s in h.inputs)}); "
+    integer = integer_ops(h)
+    if any(s.dtype != "float32" for s in h.inputs) or integer:
+        found = f"inputs {', '.join(s.dtype for s in h.inputs)}" if any(s.dtype != "float32" for s in h.inputs) \
+            else f"{integer} op(s) compute in integers"
+        raise UnsupportedError(f"{where} is already quantized ({found}); "
                                "ai-edge-quantizer starts from a float model.", hint="Quantize the float .tflite it was made from.")
     if cfg.needs_calibration and len(h.inputs) != 1:
         raise UnsupportedError(f"{where} has {len(h.inputs)} inputs; calibrating a .tflite here takes one input.")
@@ -159,18 +137,25 @@ def quantize_tflite(h, out_path, cfg, calib, where: str | None = None, check_fp1
                                f"{cfg.io_dtype} is not available.", hint="Leave --io-dtype unset.")
     check_regexes(h, cfg)
     aeq = import_aeq()
-    data, inputs, added = with_signature(h.path.read_bytes(), where)
+    prep = prepare(h.path.read_bytes(), where)
+    auto_float = _risky_divisions(prep.data, calib, cfg) if cfg.scheme in STATIC_BITS else []
+    notes = prep.notes() + [f"{d['op']} '{d['layer']}' is kept in float: its divisor ranges over [{d['min']:.3g}, "
+                            f"{d['max']:.3g}] on the calibration data, so quantized it can equal its zero point "
+                            "(a division by zero)" for d in auto_float]
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
     error = None
     with captured_output():  # the quantizer prints a size report to stdout
         try:
-            q = aeq.quantizer.Quantizer(bytearray(data))
+            q = aeq.quantizer.Quantizer(bytearray(prep.data))
             recipe.build(aeq, q, cfg)
-            for rx in cfg.keep_float:
+            for rx in (*cfg.keep_float, *(d["keep_float"] for d in auto_float)):
                 q.update_quantization_recipe(rx, "*", algorithm_key=aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE)
             cal = None
             if q.need_calibration:
-                name = next(iter(inputs))
-                cal = q.calibrate({SIGNATURE if added else _first_key(data): [{name: calib[i : i + 1]} for i in range(len(calib))]})
+                name = next(iter(prep.inputs))
+                key = SIGNATURE if prep.signature_added else _first_key(prep.data)
+                cal = q.calibrate({key: [{name: calib[i : i + 1]} for i in range(len(calib))]})
             result = q.quantize(cal)
         except Exception as exc:
             error = exc
@@ -180,17 +165,98 @@ def quantize_tflite(h, out_path, cfg, calib, where: str | None = None, check_fp1
                              hint="Try another --scheme, or keep the failing op in float with --keep-float REGEX.") from None
     out_path.write_bytes(bytes(result.quantized_model))
     out = {"quantizer": "ai-edge-quantizer", "scheme": cfg.scheme, "recipe": _jsonable(result.recipe),
-           "per_channel": cfg.per_channel, "signature_added": added,
+           "per_channel": cfg.per_channel, "signature_added": prep.signature_added,
            "runs_in": {"litert": True, "tflm": recipe.runs_in_tflm(cfg), "note": recipe.note}}
+    if prep.opcodes_normalised:
+        out["opcodes_normalised"] = prep.opcodes_normalised
+    if prep.dequantized:
+        out["dequantized"] = prep.dequantized
+    if auto_float:
+        out["kept_float_automatically"] = auto_float
+    if notes:
+        out["notes"] = notes
     if cfg.keep_float:
         out["float_layers"] = list(cfg.keep_float)
     x = parity.parity_inputs(h.inputs[0].shape, calib)
-    ref, cand = parity.run_model(h, x), parity.run_model(out_path, x)
+    cand = check_runs(h, out_path, calib if calib is not None and len(calib) else x, where, cfg.scheme)[: len(x)]
+    ref = parity.run_model(h, x)
+    out["checked_on_samples"] = int(len(calib) if calib is not None and len(calib) else len(x))
     if cfg.scheme == "fp16" and check_fp16:  # float16 weights are near-lossless: held to a tolerance like a float export
         out["parity"] = parity.check(ref, cand, f"fp16 quantization of {where}", parity.FP16)
     else:  # lossy by design: measured, and judged by --eval
         out["agreement_with_float"] = parity.measure(ref, cand)
     return out
+
+
+def integer_ops(h) -> int:
+    """How many ops of the model compute in integers (it is quantized already); QUANTIZE/DEQUANTIZE aside."""
+    g = h.meta.get("graph")
+    if g is None:
+        return 0
+    return sum(1 for op in g.ops if op.kind not in ("QUANTIZE", "DEQUANTIZE") and g.op_dtype(op) in INTEGER_COMPUTE)
+
+
+def _risky_divisions(data: bytes, calib, cfg) -> list[dict]:
+    import tempfile
+    from pathlib import Path
+
+    if calib is None or not len(calib) or not _has_div(data):
+        return []
+    with tempfile.TemporaryDirectory(prefix="workbench-aeq-") as tmp:
+        f = Path(tmp) / "float.tflite"
+        f.write_bytes(data)
+        return risky_divisions(f, calib, STATIC_BITS[cfg.scheme])
+
+
+def _has_div(data: bytes) -> bool:
+    from ai_edge_litert import schema_py_generated as s
+
+    m = s.Model.GetRootAsModel(data, 0)
+    div = s.BuiltinOperator.DIV
+    return any(max(m.OperatorCodes(k).BuiltinCode(), m.OperatorCodes(k).DeprecatedBuiltinCode()) == div
+               for k in range(m.OperatorCodesLength()))
+
+
+def check_runs(h, path, x: np.ndarray, where: str, scheme: str) -> np.ndarray:
+    """Run the written model on every sample of ``x`` in LiteRT; a model that fails to load or run, or gives
+    non-finite outputs where the float model does not, is an error naming the op and the --keep-float fix."""
+    import re
+
+    from workbench.core.errors import WorkbenchError
+    from workbench.frontends.tflite_reader import read_tflite
+
+    what = f"The {scheme} model ai-edge-quantizer made from {where}"
+    try:
+        y = parity.run_model(path, x)
+    except WorkbenchError as exc:
+        text = exc.message
+        m = re.search(r"Node number (\d+) \((\w+)\)", text)
+        detail = text.split("': ", 1)[-1].strip()
+        if m is None:
+            raise RuntimeFailure(f"{what} does not run in LiteRT: {detail}",
+                                 hint="Try another --scheme, or keep ops in float with --keep-float REGEX.") from None
+        idx, kind = int(m.group(1)), m.group(2)
+        g = read_tflite(path)
+        ops0 = [op for op in g.ops if op.subgraph == 0]
+        tensor = g.tensor(ops0[idx].outputs[0]).name if idx < len(ops0) and ops0[idx].outputs else ""
+        raise RuntimeFailure(f"{what} fails in LiteRT on its calibration samples at op {idx} ({kind}"
+                             + (f", output '{tensor}'" if tensor else "") + f"): {detail}",
+                             hint=f"Keep that op in float: --keep-float '{_regex_for(tensor) if tensor else kind}'.") from None
+    bad = [i for i in range(len(y)) if not np.all(np.isfinite(y[i]))]
+    if bad and np.all(np.isfinite(parity.run_model(h, x[bad]))):
+        suspects = [op for op in read_tflite(path).ops if op.kind in ("DIV", "RSQRT", "LOG", "POW", "EXP")]
+        raise RuntimeFailure(f"{what} gives non-finite outputs (inf or nan) on {len(bad)} of {len(x)} calibration "
+                             "samples where the float model's are finite.",
+                             hint="Keep the op that overflows in float with --keep-float REGEX"
+                             + (f" (candidates: {', '.join(f'{o.kind} {o.name}' for o in suspects[:5])})" if suspects else "")
+                             + "; workbench debug-quant compares the model layer by layer.")
+    return y
+
+
+def _regex_for(tensor: str) -> str:
+    import re
+
+    return re.escape(tensor.split(";")[0])
 
 
 def check_regexes(handle, cfg) -> None:
@@ -217,7 +283,7 @@ def check_regexes(handle, cfg) -> None:
 def _first_key(data: bytes) -> str:
     from ai_edge_litert import schema_py_generated as s
 
-    return _name(s.Model.GetRootAsModel(data, 0).SignatureDefs(0).SignatureKey())
+    return name_text(s.Model.GetRootAsModel(data, 0).SignatureDefs(0).SignatureKey())
 
 
 def _jsonable(recipe):
