@@ -23,13 +23,78 @@ from workbench.core.quiet import captured_output
 
 
 def pt2e_quantizer(per_channel: bool, calibrator: str = "mse", is_dynamic: bool = False, is_qat: bool = False):
+    """litert-torch's PT2EQuantizer with residual ADDs, MULs and averaging/pooling ops annotated too (static and QAT)."""
     from litert_torch.quantize.pt2e_quantizer import MinMaxObserver, PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer_utils import propagate_annotation
 
     cfg = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=is_dynamic, is_qat=is_qat)
     if calibrator == "minmax" and not is_dynamic and not is_qat:
         act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
         cfg = dataclasses.replace(cfg, input_activation=act, output_activation=act)
-    return PT2EQuantizer().set_global(cfg)
+
+    class ResidualAwareQuantizer(PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            if self.global_config is not None and self.global_config.input_activation is not None:
+                annotate_by_target(model, self.global_config)
+                propagate_annotation(model)  # views and flattens after the newly annotated ops
+            return model
+
+    return ResidualAwareQuantizer().set_global(cfg)
+
+
+def annotate_by_target(gm, cfg) -> None:
+    """Annotate ADD and MUL (a ReLU right after them folded in) and MEAN / average / max pooling by their ATen targets.
+
+    litert-torch 0.10 finds these ops through the ``source_fn_stack`` node metadata (``get_source_partitions``),
+    which torch 2.13's ``torch.export`` no longer records: every residual ADD and the global-average MEAN
+    then stayed float between DEQUANTIZE/QUANTIZE pairs in an "int8" model. Nodes litert-torch did annotate
+    are left as they are. tests/test_tflite_trust.py fails when a residual net has a float ADD or MEAN again.
+    """
+    import torch
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    aten = torch.ops.aten
+    adds = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor}  # same failure, same int8 kernels
+    relus = {aten.relu.default, aten.relu_.default}
+    shared = {aten.mean.dim, aten.mean.default, aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default,
+              aten.avg_pool2d.default, aten.max_pool2d.default}
+    in_q, out_q = get_input_act_qspec(cfg), get_output_act_qspec(cfg)
+
+    def annotated(n) -> bool:
+        a = n.meta.get("quantization_annotation")
+        return a is not None and a._annotated
+
+    def has_output_qspec(n) -> bool:
+        a = n.meta.get("quantization_annotation")
+        return a is not None and a._annotated and a.output_qspec is not None
+
+    def float_tensor(n) -> bool:
+        v = n.meta.get("val")
+        return isinstance(v, torch.Tensor) and v.dtype.is_floating_point
+
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or annotated(node):
+            continue
+        if node.target in adds:
+            args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+            if not args or not float_tensor(node) or not all(float_tensor(a) for a in args):
+                continue
+            users = list(node.users)
+            relu = users[0] if len(users) == 1 and users[0].op == "call_function" and users[0].target in relus \
+                and not annotated(users[0]) else None
+            node.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={a: in_q for a in args}, output_qspec=None if relu is not None else out_q, _annotated=True)
+            if relu is not None:
+                relu.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=out_q, _annotated=True)
+        elif node.target in shared:
+            x = node.args[0] if node.args else None
+            if not isinstance(x, torch.fx.Node) or not float_tensor(x):
+                continue
+            node.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={x: SharedQuantizationSpec(x) if has_output_qspec(x) else in_q},
+                output_qspec=SharedQuantizationSpec((x, node)), _annotated=True)
 
 
 def channel_last(litert_torch, model, sample, layout: str | None):
@@ -83,7 +148,36 @@ def run(job: ExportJob) -> dict:
         raise
     except Exception as exc:
         raise conversion_failure(job, exc, stages) from exc
+    if cfg.scheme != "float":
+        recipe.update(check_quantized(job, nhwc))
     return recipe
+
+
+def check_quantized(job: ExportJob, nhwc: bool) -> dict:
+    """Run the written model in LiteRT on calibration samples (it must load and run), measure it against the
+    PyTorch model, and list the ops it left in float: a warning for an int8 model, where each one is a
+    DEQUANTIZE/QUANTIZE round trip and an op TFLite Micro runs in float."""
+    import warnings
+
+    from workbench.core.errors import WorkbenchError
+    from workbench.export import parity
+    from workbench.frontends.tflite_reader import describe_float_ops, graph_float_ops, read_tflite
+
+    x = parity.parity_inputs(job.handle.inputs[0].shape, job.calib)
+    try:
+        cand = parity.run_model(job.out, np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))) if nhwc else x)
+    except WorkbenchError as exc:
+        raise RuntimeFailure(f"litert-torch wrote a {job.config.scheme} model of '{job.handle.path}' that LiteRT cannot run: "
+                             f"{exc.message.split(': ', 1)[-1]}",
+                             hint="Try --format onnx --scheme int8 (ONNX Runtime's quantizer).") from None
+    out = {"agreement_with_float": parity.measure(parity.run_model(job.handle, x), cand)}
+    floats = graph_float_ops(read_tflite(job.out))
+    out["float_ops"] = floats
+    if floats and job.config.scheme == "int8":
+        warnings.warn(f"{sum(f['count'] for f in floats)} op(s) of the int8 model of '{job.handle.path}' stay in float "
+                      f"({describe_float_ops(floats)}): "
+                      "the quantizer does not annotate them.", stacklevel=2)
+    return out
 
 
 def conversion_failure(job: ExportJob, exc: Exception, stages: Stages) -> RuntimeFailure:
