@@ -117,6 +117,7 @@ class TargetReport:
             "memory": m.breakdown if m else None,
             "cost_model": self.latency.model,
             "notes": list(self.notes),
+            "float_ops": self.float_ops(),
             "sources": [{"fact": s.fact, "url": s.url} for s in t.sources],
         }
         if t.kind == "mcu":
@@ -133,6 +134,12 @@ class TargetReport:
         if self.npu is not None:
             d["npu"] = self.npu
         return d
+
+    def float_ops(self) -> list[dict]:
+        """The ops that compute in float (``[{op, count, layers}]``): in a quantized model, what was left float."""
+        from workbench.frontends.tflite_reader import float_ops
+
+        return float_ops((o.kind, o.dtype, o.name) for o in self.latency.ops)
 
     def _ops(self) -> list[dict]:
         """The cost model's per-op rows, with the firmware's instruction counts where it ran."""
@@ -235,6 +242,12 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
             lines.append(f"  {o.index:>4}  {o.kind[:20]:<20} {o.name.split(';')[0][:40]:<{w}} {o.dtype:<8} {o.macs:>12,}{cell} {shown}")
         if len(report.latency.ops) > max_ops:
             lines.append(f"  ... {len(report.latency.ops) - max_ops} more ops (all in --json)")
+    floats = d["float_ops"]
+    if floats and any(o.dtype in ("int8", "uint8", "int16") for o in report.latency.ops if o.kind not in ("QUANTIZE", "DEQUANTIZE")):
+        from workbench.frontends.tflite_reader import describe_float_ops
+
+        lines.append(f"  float   {sum(f['count'] for f in floats)} op(s) of this quantized model compute in float: "
+                     f"{describe_float_ops(floats)}")
     for n in report.notes:
         lines.append(f"  note: {n}")
     lines.append("")

@@ -74,10 +74,24 @@ class Artifact:
                 "bytes": source_bytes(self.source)},
             "config": self.config,
             "metrics": self.metrics,
+            **({"float_ops": f} if (f := self.float_ops()) is not None else {}),
             **self.extra,
             "tool": {"workbench": __version__, "python": platform.python_version()},
             "libraries": library_versions(),
         }
+
+    def float_ops(self) -> list[dict] | None:
+        """A .tflite artifact's ops that compute in float (``[{op, count, layers}]``; empty for a fully integer
+        model), so a quantized model's leftovers are on record; None for other formats."""
+        if self.format != "tflite" or not self.path.is_file():
+            return None
+        from workbench.core.errors import WorkbenchError
+        from workbench.frontends.tflite_reader import graph_float_ops, read_tflite
+
+        try:
+            return graph_float_ops(read_tflite(self.path))
+        except WorkbenchError:
+            return None
 
     def with_metrics(self, **metrics) -> "Artifact":
         from dataclasses import replace
