@@ -396,3 +396,41 @@ def test_remote_profile_passes_input_shape_to_the_board(tmp_path, request):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["target"]["remote"] == board.destination and rep["inputs"][0]["shape"] == [1, 3, 16, 16]
+
+
+# --- benchmark and emulate take .onnx ----------------------------------------------------------------
+
+def _classifier(path):
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: 4 classes from a [1, 3, 8, 8] image."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1, name="fc")]
+    inits = [_arr("w", RNG.normal(size=(16, 3, 3, 3)).astype(np.float32)), _arr("b", RNG.normal(size=16).astype(np.float32)),
+             _arr("fc", RNG.normal(size=(4, 16)).astype(np.float32)), _arr("fb", np.zeros(4, np.float32))]
+    return _model(path, nodes, inits, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4])])
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """The classifier and 64 images labelled by its own float outputs (accuracy of the file as given: 100%)."""
+    d = tmp_path_factory.mktemp("cls")
+    src = _classifier(d / "cls.onnx")
+    x = RNG.random((64, 3, 8, 8)).astype(np.float32)
+    y = np.array([int(np.argmax(_runs(src, x[i:i + 1])[0])) for i in range(len(x))])
+    np.savez(d / "data.npz", x=x, y=y)
+    return src, d / "data.npz"
+
+
+def test_benchmark_takes_onnx(labelled):
+    src, data = labelled
+    r = _cli("benchmark", src, "--calib", data, "--data", data, "--runs", 10, "--json")
+    assert r.exit_code == 0, r.output  # was: "benchmark compares deployment stacks of PyTorch and Keras models"
+    rows = {row["stack"]: row for row in json.loads(r.output)["rows"]}
+    assert set(rows) == {"onnxruntime (as given)", "onnxruntime fp16", "onnxruntime dynamic", "onnxruntime int8"}
+    assert all("error" not in row and row["latency_ms"] > 0 for row in rows.values()), rows
+    assert rows["onnxruntime (as given)"]["accuracy"] == 1.0
+    assert rows["onnxruntime int8"]["argmax_agreement"] >= 0.8

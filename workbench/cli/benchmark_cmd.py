@@ -17,7 +17,8 @@ def benchmark_cmd(model, data, calib, samples, threads, runs, only, trust_model,
     """Run MODEL on every deployment stack and compare size, load time, latency and accuracy on this machine.
 
     PyTorch eager, torch.export, TorchScript, ONNX Runtime, LiteRT and TFLite Micro for a
-    PyTorch model; Keras, LiteRT and TFLite Micro for a Keras model.
+    PyTorch model; Keras, LiteRT and TFLite Micro for a Keras model; ONNX Runtime (as given, fp16,
+    dynamic, int8) for an .onnx model.
     """
     from workbench import api
     from workbench.evaluate.benchmark import benchmark

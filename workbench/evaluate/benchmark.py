@@ -2,7 +2,9 @@
 
 For a PyTorch model: PyTorch eager, torch.export, TorchScript, ONNX Runtime (float, int8),
 LiteRT (float, dynamic, int8) and TFLite Micro (int8). For a Keras model: Keras, LiteRT
-(float, fp16, dynamic, int8) and TFLite Micro (float, int8). Each stack reports file size,
+(float, fp16, dynamic, int8) and TFLite Micro (float, int8). For an .onnx model: ONNX Runtime
+on the file as given, and on its fp16, dynamic and int8 versions (ONNX Runtime's quantizer);
+ONNX has no route to TFLite with the pinned set (see ``workbench inspect``). Each stack reports file size,
 load time, single-sample latency on this machine (threads stated), and with data the
 accuracy and agreement with the original. Latency is the median of single-sample calls
 after warm-up; TFLite Micro runs in a child process, so its figure is the batch time per
@@ -76,6 +78,12 @@ STACKS = {
         Stack("litert int8", "litert", _convert("tflite", "int8")),
         Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
     ],
+    "onnx": [
+        Stack("onnxruntime (as given)", "ort", _reload),
+        Stack("onnxruntime fp16", "ort", _convert("onnx", "fp16")),
+        Stack("onnxruntime dynamic", "ort", _convert("onnx", "dynamic")),
+        Stack("onnxruntime int8", "ort", _convert("onnx", "int8")),
+    ],
     "keras": [
         Stack("keras", "keras", _reload),
         Stack("litert float", "litert", _convert("tflite", "float")),
@@ -114,8 +122,8 @@ def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads
 
     stacks = STACKS.get(handle.framework)
     if stacks is None:
-        raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch and Keras models; '{handle.path}' is {handle.format}.",
-                             hint="Pass the original PyTorch or Keras model.")
+        raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch, Keras and ONNX models; '{handle.path}' is "
+                             f"{handle.format}.", hint="Pass the original PyTorch or Keras model, or an .onnx model.")
     probe = data if data is not None else calib.take(min(len(calib), 200))
     rows = []
     ref_out = None
