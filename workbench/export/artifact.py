@@ -6,13 +6,15 @@ hashes, the config used, tool and library versions, sizes and the measured metri
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from workbench import __version__
-from workbench.core.files import sha256_file, write_json_atomic
+from workbench.core.files import commit_files, sha256_file, staging_dir, write_json_atomic
 
 VERSIONED = ("numpy", "tensorflow", "tf-keras", "keras", "tensorflow-model-optimization", "torch", "litert-torch",
              "torchao", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime", "onnxscript", "tflite-micro")
@@ -100,3 +102,31 @@ class Artifact:
 
     def write_manifest(self) -> Path:
         return write_json_atomic(self.manifest_path, self.manifest())
+
+
+def manifest_path_of(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+@contextlib.contextmanager
+def staged(out: str | Path) -> Iterator[Path]:
+    """Write a file artifact and its manifest as one unit.
+
+    Yields a path with ``out``'s name inside a fresh folder beside it: write the artifact there, its
+    manifest (``Artifact.write_manifest``) and any companion files (ONNX external data) beside it.
+    When the block ends normally they replace the old ones together (the old manifest is removed
+    first, so a crash part-way never pairs a new model with an old manifest); when it fails or is
+    interrupted the old pair is left as it was and the folder is removed.
+    """
+    out = Path(out)
+    with staging_dir(out) as stage:
+        main = stage / out.name
+        yield main
+        manifest = manifest_path_of(main)
+        others = [f for f in sorted(stage.iterdir()) if f not in (main, manifest)]
+        pairs = [(main, out), *[(f, out.parent / f.name) for f in others]]
+        if manifest.exists():
+            pairs.append((manifest, manifest_path_of(out)))
+        else:  # no manifest this time: an old one must not describe the new file
+            manifest_path_of(out).unlink(missing_ok=True)
+        commit_files(pairs)
