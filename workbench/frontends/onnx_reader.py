@@ -23,7 +23,31 @@ MAX_NODES = 1_000_000
 
 def read_onnx(path: str | Path) -> Graph:
     p = Path(path)
-    return read_onnx_bytes(p.read_bytes(), str(p))
+    g = read_onnx_bytes(p.read_bytes(), str(p))
+    check_external_data(p, g.meta.get("external_extents", ()))
+    return g
+
+
+def check_external_data(p: Path, extents) -> None:
+    """Every initializer kept outside the model must lie in a file beside it, in full: a short or
+    missing .data file, or a location that leaves the model's folder, is refused naming the tensor."""
+    folder = p.resolve().parent
+    sizes: dict[str, int] = {}
+    for tensor, location, offset, length in extents:
+        f = (p.parent / location)
+        if f.resolve().parent != folder and folder not in f.resolve().parents:
+            raise ModelFormatError(f"'{p}': tensor '{tensor}' keeps its data in '{location}', outside the model's folder.",
+                                   hint="External data must sit beside the model; re-export it with its data there.")
+        if location not in sizes:
+            if not f.is_file():
+                raise ModelFormatError(f"'{p}': tensor '{tensor}' keeps its data in '{location}', which does not exist "
+                                       f"beside the model.", hint=f"Copy '{location}' next to '{p.name}' (it travels with the model).")
+            sizes[location] = f.stat().st_size
+        if length is not None and offset + length > sizes[location]:
+            raise ModelFormatError(f"'{p}': tensor '{tensor}' needs bytes {offset:,}-{offset + length:,} of '{location}', "
+                                   f"which has {sizes[location]:,} bytes.",
+                                   hint="The external data file is truncated or belongs to another export; copy it again "
+                                        "from where the model was exported.")
 
 
 def read_onnx_bytes(data: bytes, where: str = "<bytes>") -> Graph:
@@ -65,6 +89,7 @@ def _read(data: bytes, where: str) -> Graph:
         )
     nodes, inits, ins, outs, vinfo = [], {}, [], [], {}
     external: list[str] = []  # files holding initializer data outside the model (torch.onnx.export's .onnx.data)
+    extents: list[tuple] = []  # (tensor, file, offset, length or None) of each initializer kept outside
     for f, w, v in pw.fields(graph_bytes):
         if w != pw.LEN:
             continue
@@ -75,9 +100,11 @@ def _read(data: bytes, where: str) -> Graph:
         elif f == 5:
             t = _tensor_proto(v)
             inits[t[0]] = t
-            loc = _external_location(v)
-            if loc and loc not in external:
-                external.append(loc)
+            ref = _external_ref(v)
+            if ref is not None:
+                extents.append((t[0], *ref))
+                if ref[0] not in external:
+                    external.append(ref[0])
         elif f == 11:
             ins.append(_value_info(v))
         elif f == 12:
@@ -129,6 +156,7 @@ def _read(data: bytes, where: str) -> Graph:
     meta = {"ir_version": ir_version, "opsets": opsets, "producer": producer}
     if external:
         meta["external_data"] = tuple(external)
+        meta["external_extents"] = tuple(extents)
     return Graph(format="onnx", tensors=tuple(tensors), ops=tuple(ops), inputs=tuple(graph_inputs), outputs=graph_outputs, meta=meta)
 
 
@@ -235,9 +263,9 @@ def _tensor_proto(buf):
     return name, dims, dt, raw
 
 
-def _external_location(buf) -> str | None:
-    """The 'location' of a TensorProto whose data_location is EXTERNAL, else None."""
-    location, external = None, False
+def _external_ref(buf) -> tuple[str, int, int | None] | None:
+    """``(location, offset, length)`` of a TensorProto whose data_location is EXTERNAL, else None."""
+    entries, external = {}, False
     for f, w, v in pw.fields(buf):
         if f == 14 and w == pw.VARINT:
             external = v == 1
@@ -248,9 +276,12 @@ def _external_location(buf) -> str | None:
                     key = pw.text(v2)
                 elif f2 == 2 and w2 == pw.LEN:
                     val = pw.text(v2)
-            if key == "location":
-                location = val
-    return location if external else None
+            entries[key] = val
+    if not external or "location" not in entries:
+        return None
+    offset = int(entries["offset"]) if entries.get("offset", "").isdigit() else 0
+    length = int(entries["length"]) if entries.get("length", "").isdigit() else None
+    return entries["location"], offset, length
 
 
 def model_files(path: str | Path, graph: Graph | None = None) -> list[Path]:

@@ -1,0 +1,62 @@
+"""Inputs that used to end as "Internal error": ONNX external data that is short, missing or outside
+the model's folder is refused by every command, naming the tensor and the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from workbench.cli import main
+
+
+def _external_model(folder, location="m.onnx.data"):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).random((64, 64), dtype=np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "m.onnx"
+    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=0)
+    return path
+
+
+OURS = "tensor 'W' needs bytes 0-16,384 of 'm.onnx.data', which has 1,000 bytes"
+
+
+@pytest.mark.parametrize("command,needle", [
+    (["inspect"], OURS), (["quantize", "--format", "onnx", "--scheme", "dynamic", "-o", "{out}"], OURS),
+    (["profile"], "External initializer: W offset: 0 size to read: 16384 given file_length: 1000"),  # the board's ORT says it
+])
+def test_short_onnx_external_data_is_bad_input(tmp_path, command, needle):
+    model = _external_model(tmp_path)
+    ok = CliRunner().invoke(main, ["inspect", str(model)])
+    assert ok.exit_code == 0, ok.output
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    args = [a.format(out=tmp_path / "q.onnx") for a in command]
+    res = CliRunner().invoke(main, [args[0], str(model), *args[1:]])
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_missing_onnx_external_data_is_named(tmp_path):
+    model = _external_model(tmp_path)
+    (tmp_path / "m.onnx.data").unlink()
+    res = CliRunner().invoke(main, ["inspect", str(model)])
+    assert res.exit_code == 2 and "'m.onnx.data', which does not exist beside the model" in res.stderr, res.output
+
+
+def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    model = _external_model(tmp_path, location="m.onnx.data")
+    (inner / "m.onnx").write_bytes(model.read_bytes().replace(b"m.onnx.data", b"../m.onnx.d"))
+    (tmp_path / "m.onnx.d").write_bytes((tmp_path / "m.onnx.data").read_bytes()[:-1])
+    res = CliRunner().invoke(main, ["inspect", str(inner / "m.onnx")])
+    assert res.exit_code == 2 and "outside the model's folder" in res.stderr, res.output
