@@ -60,3 +60,20 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path):
     (tmp_path / "m.onnx.d").write_bytes((tmp_path / "m.onnx.data").read_bytes()[:-1])
     res = CliRunner().invoke(main, ["inspect", str(inner / "m.onnx")])
     assert res.exit_code == 2 and "outside the model's folder" in res.stderr, res.output
+
+
+def test_keras_tflite_exports_are_run_before_they_are_written(tmp_path, digits_keras_path, digits_tflite_int8, monkeypatch):
+    import json
+
+    from workbench.export import keras_tflite
+
+    out = tmp_path / "f.tflite"
+    res = CliRunner().invoke(main, ["export", str(digits_keras_path), "--format", "tflite", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    check = json.loads((tmp_path / "f.tflite.json").read_text())["recipe"]["check"]
+    assert check["samples"] == 16 and check["max_abs_error"] < check["tolerance"] and check["argmax_agreement"] == 1.0
+    real = keras_tflite.convert_bytes  # a converter that writes another computation (an int8 file for a float export)
+    monkeypatch.setattr(keras_tflite, "convert_bytes", lambda job: (digits_tflite_int8.read_bytes(), real(job)[1]))
+    res = CliRunner().invoke(main, ["export", str(digits_keras_path), "--format", "tflite", "-o", str(tmp_path / "g.tflite")])
+    assert res.exit_code == 1, res.output
+    assert "does not match its source" in res.stderr and not (tmp_path / "g.tflite").exists()

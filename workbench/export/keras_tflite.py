@@ -9,6 +9,8 @@ named layers' output tensors on its deny list.
 
 from __future__ import annotations
 
+import numpy as np
+
 from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.core.quiet import captured_output, import_quietly
@@ -131,7 +133,39 @@ def _converter_message(job: ExportJob, exc: Exception, log: str) -> str:
 def run(job: ExportJob) -> dict:
     data, recipe = convert_bytes(job)
     job.out.write_bytes(data)
+    recipe["check"] = check_written(job)
     return recipe
+
+
+def check_written(job: ExportJob) -> dict | None:
+    """Run the written file in LiteRT on the calibration samples (or seeded inputs) beside the Keras model:
+    a float or fp16 file must match it within the parity tolerance, a quantized one must load, run and
+    stay finite where the Keras model does. Returns the agreement for the manifest."""
+    from workbench.core.errors import WorkbenchError
+    from workbench.export import parity
+
+    if len(job.handle.inputs) != 1 or job.handle.inputs[0].shape is None:
+        return None  # several or unknown inputs: no generic sample to feed
+    scheme = job.config.scheme
+    what = f"The {scheme} .tflite written from '{job.handle.path}'"
+    x = parity.parity_inputs(job.handle.inputs[0].shape, job.calib)
+    try:
+        cand = parity.run_model(job.out, x)
+    except WorkbenchError as exc:
+        raise RuntimeFailure(f"{what} does not run in LiteRT: {exc.message}",
+                             hint="Try another --scheme, or keep the failing layer in float with --keep-float.") from exc
+    ref = parity.run_model(job.handle, x)
+    tol = {"float": parity.FLOAT, "fp16": parity.FP16}.get(scheme)
+    if tol is not None:
+        return parity.check(ref, cand, what, tol)
+    finite_ref = np.isfinite(np.asarray(ref, dtype=np.float64)).reshape(len(ref), -1).all(axis=1)
+    finite_cand = np.isfinite(np.asarray(cand, dtype=np.float64)).reshape(len(cand), -1).all(axis=1)
+    if np.any(finite_ref & ~finite_cand):
+        raise RuntimeFailure(f"{what} gives non-finite outputs (inf or nan) on {int(np.sum(finite_ref & ~finite_cand))} "
+                             f"of {len(x)} samples where the Keras model's are finite.",
+                             hint="Keep the layer that overflows in float with --keep-float; workbench debug-quant "
+                                  "compares the model layer by layer.")
+    return parity.measure(ref, cand)
 
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
