@@ -77,3 +77,30 @@ def test_keras_tflite_exports_are_run_before_they_are_written(tmp_path, digits_k
     res = CliRunner().invoke(main, ["export", str(digits_keras_path), "--format", "tflite", "-o", str(tmp_path / "g.tflite")])
     assert res.exit_code == 1, res.output
     assert "does not match its source" in res.stderr and not (tmp_path / "g.tflite").exists()
+
+
+def test_long_steps_say_how_far_they_are_and_short_ones_stay_quiet(caplog):
+    import logging
+    import time
+
+    from workbench.core.progress import stage
+
+    with caplog.at_level(logging.INFO, logger="workbench.progress"):
+        with stage("quick", after=5):
+            pass
+        assert caplog.messages == []
+        with stage("slow step", after=0.05, every=0.1):
+            time.sleep(0.45)
+    assert caplog.messages[0] == "slow step ..." and caplog.messages[-1].startswith("slow step: done in")
+    assert sum("so far" in m for m in caplog.messages) >= 2
+
+
+def test_a_pytorch_conversion_shows_progress_on_stderr(tmp_path, digits_torch_path):
+    res = CliRunner().invoke(main, ["export", str(digits_torch_path), "--factory", "workbench.builtin.models.reference:digits_torch",
+                                    "--format", "tflite", "--json", "-o", str(tmp_path / "m.tflite")])
+    assert res.exit_code == 0, res.output
+    assert "Converting 'digits_torch.pt' (torch -> tflite, float) ..." in res.stderr
+    assert "done in" in res.stderr
+    import json
+
+    assert json.loads(res.stdout)["artifact"]["format"] == "tflite"  # stdout stays one JSON document

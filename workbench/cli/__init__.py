@@ -35,6 +35,9 @@ class WorkbenchGroup(click.Group):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         debug = bool(ctx.params.get("debug")) or os.environ.get("WORKBENCH_DEBUG") == "1"
+        from workbench.core.progress import to_stderr
+
+        to_stderr()  # long steps (a PyTorch conversion, a library build) say how far they are
         try:
             return super().invoke(ctx)
         except WorkbenchError as exc:

@@ -149,7 +149,9 @@ def convert(handle: ModelHandle, fmt: str, out: str | Path, config: QuantConfig 
             raise ConfigError(f"Scheme '{cfg.scheme}' needs calibration data.",
                               hint="Pass --calib DATA (e.g. digits:train, a .npz file or an image folder).")
         x = calibration_samples(handle, calib, cfg)
-    with atomic_path(out) as tmp:
+    from workbench.core.progress import stage
+
+    with atomic_path(out) as tmp, stage(f"Converting '{Path(handle.path).name}' ({handle.framework} -> {fmt}, {cfg.scheme})"):
         job = ExportJob(handle=handle, config=cfg, calib=x, out=tmp, options=options)
         at_risk = exp.isolate is not None and exp.isolate(handle, cfg)
         if exp.isolate is not None and should_isolate(at_risk) and "load_options" in handle.meta:
