@@ -73,7 +73,7 @@ def test_torch_magnitude_polynomial_cli(tmp_path, digits_torch_path):
     r = run(torch_prune_args(digits_torch_path, out, "--sparsity", "0.6", "--schedule", "polynomial", "--epochs", "2",
                              "--no-int8", "--json", *SMALL))
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     state = torch.load(out, weights_only=True)  # a plain state_dict again: masks were removed
     assert not any(k.endswith(("_orig", "_mask")) for k in state)
     for name in ("conv1.weight", "conv2.weight", "fc.weight"):
@@ -96,7 +96,7 @@ def test_torch_channel_cli_measures_the_deployed_model(tmp_path, digits_torch_pa
     r = run(torch_prune_args(digits_torch_path, out, "--sparsity", "0.5", "--method", "channel", "--epochs", "2", "--json",
                              *SMALL))
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     rows = {x["layer"]: x for x in d["layers"]}
     assert rows["conv1"]["shape_after"] == [4, 1, 3, 3]
     assert rows["conv2"]["shape_after"] == [8, 4, 3, 3]
@@ -272,7 +272,7 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tmp_path, digits_
     stop.unlink()
     r = run(torch_prune_args(digits_torch_path, out, *args, "--resume"))
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["training"]["resumed_from_epoch"] == 1 and d["training"]["steps"] == 24
     assert [h["epoch"] for h in d["training"]["history"]] == [1, 2, 3]
     assert not ckpt.exists()
@@ -308,7 +308,7 @@ def test_mse_loss_trains(tmp_path, digits_torch_path):
     r = run(torch_prune_args(digits_torch_path, tmp_path / "m.pt", "--sparsity", "0.3", "--loss", "mse", "--epochs", "1",
                              "--no-int8", "--json", *SMALL))
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["config"]["train"]["loss"] == "mse" and d["training"]["history"][0]["loss"] > 0
 
 
@@ -340,7 +340,7 @@ def test_keras3_channel_rebuilds_with_fewer_filters(tmp_path, digits_keras_path)
     r = run(["prune", digits_keras_path, "--train", "digits:train", "--val", "digits:test", "--sparsity", "0.5",
              "--method", "channel", "--epochs", "2", "--no-int8", "--json", "-o", out, *SMALL])
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     m = load(out).obj
     assert m.get_layer("conv1").filters == 4 and m.get_layer("conv2").filters == 8
     assert m.get_layer("fc").get_weights()[0].shape == (128, 10)
@@ -398,7 +398,7 @@ def test_keras_resume_restores_optimizer_state(tmp_path, digits_keras_path, monk
     stop.unlink()
     r = run(args + ["--resume"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["training"]["resumed_from_epoch"] == 1
+    assert json.loads(r.stdout)["training"]["resumed_from_epoch"] == 1
 
 
 def test_a_failing_training_step_is_reported_as_the_users(tmp_path, digits_torch_path):

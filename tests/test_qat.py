@@ -55,7 +55,7 @@ def test_torch_qat_cli_with_onnx(tmp_path, digits_torch_path):
     r = run(["qat", digits_torch_path, "--factory", FACTORY, "--train", "digits:train", "--val", "digits:test",
              "--epochs", "1", "--train-samples", "320", "--onnx", "--json", "-o", out])
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["float"]["runtime"] == "torch" and d["ptq"]["runtime"] == d["qat"]["runtime"] == "litert"
     assert d["qat"]["accuracy"] >= d["float"]["accuracy"] - 0.02
     assert d["qat"]["accuracy"] >= d["ptq"]["accuracy"] - 0.02
@@ -133,3 +133,65 @@ def test_onnx_is_refused_for_keras(tmp_path, digits_keras_path):
     r = run(["qat", digits_keras_path, "--train", "digits:train", "--epochs", "1", "--train-samples", "64", "--onnx",
              "-o", tmp_path / "q.tflite"])
     assert r.exit_code == 2 and "PyTorch" in r.output
+
+
+class _FlattenByBatch:
+    """A digits CNN whose flatten reads the batch size, so exporting at batch 1 bakes ``reshape(1, -1)`` into the graph."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        from workbench.builtin.models.reference import digits_torch
+
+        class Net(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                m = self.inner
+                x = torch.relu(m.conv2(torch.relu(m.conv1(x))))
+                return m.fc(x.reshape(x.size(0), -1))
+
+        return Net(digits_torch())
+
+
+def _save_batch1_program(model, path: Path) -> Path:
+    import torch
+
+    model.eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(path))
+    return path
+
+
+def test_qat_from_a_batch1_exported_program(tmp_path, digits_torch_path):
+    """A .pt2 saved at batch 1 guards x.size()[0] == 1; QAT trains the module inside it with a dynamic batch."""
+    import torch
+
+    from workbench.builtin.models.reference import digits_torch
+
+    model = digits_torch()
+    model.load_state_dict(torch.load(str(digits_torch_path), weights_only=True))
+    pt2 = _save_batch1_program(model, tmp_path / "digits_b1.pt2")
+    out = tmp_path / "qat.tflite"
+    r = run(["qat", pt2, "--train", "digits:train", "--val", "digits:test", "--epochs", "1", "--json", "-o", out])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)  # progress lines go to stderr
+    assert d["route"].startswith("ExportedProgram.module()") and d["train_batch"] == "dynamic"
+    assert d["qat"]["runtime"] == "litert" and d["qat"]["float_ops"] == []
+    assert d["qat"]["accuracy"] >= d["float"]["accuracy"] - 0.01  # int8 within 1 pp of float on digits:test
+    from workbench.frontends import load
+
+    assert load(out).inputs[0].dtype == "int8"
+
+
+def test_qat_from_a_program_with_its_batch_baked_in(tmp_path):
+    """reshape(1, -1) in the graph: no other batch size fits, so each batch is fed one sample at a time."""
+    pt2 = _save_batch1_program(_FlattenByBatch.build(), tmp_path / "baked.pt2")
+    r = run(["qat", pt2, "--train", "digits:train", "--epochs", "1", "--train-samples", "96", "--batch-size", "16",
+             "--lr", "0.003", "--json", "-o", tmp_path / "baked.tflite"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)  # progress lines go to stderr
+    assert d["train_batch"].startswith("fixed at 1")
+    assert d["training"]["steps"] == 6 and d["qat"]["accuracy"] is not None

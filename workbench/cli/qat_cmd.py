@@ -42,6 +42,8 @@ def render(d: dict) -> None:
     t, data = d["training"], d["data"]
     click.echo(f"{d['model']} -> {d['output']}: quantization-aware training, int8")
     click.echo(f"route: {d.get('route', '')}")
+    if d.get("train_batch", "dynamic") != "dynamic":
+        click.echo(f"training batch: {d['train_batch']}")
     click.echo(f"trained {t['epochs']} epochs ({t['steps']} steps, {t['seconds']} s) on {data['train_samples']} samples "
                f"of {data['train']}; accuracy on {data['val']} ({data['val_samples']} samples)"
                + (f"; resumed after epoch {t['resumed_from_epoch']}" if t.get("resumed_from_epoch") else ""))

@@ -11,6 +11,13 @@ Optionally the converted model is also exported with ``torch.onnx.export`` (dyna
 quantize/dequantize pairs become ONNX QuantizeLinear/DequantizeLinear, an int8 QDQ model that
 ONNX Runtime fuses into integer kernels. Its input is NHWC, like the .tflite.
 
+An ExportedProgram (``.pt2``) is trained from the module inside it (``ExportedProgram.module``)
+with its input guards off: a program saved at batch 1 guards ``x.size()[0] == 1``, which is a
+property of how it was saved, not of its graph. The graph is then re-exported with a dynamic
+batch. A graph that bakes its batch size into an operator (``x.view(1, -1)``) cannot take another
+batch: it is exported at its own batch size and each training batch runs sample group by sample
+group, the gradients summed (:func:`workbench.optimize.train.TorchBackend` ``micro_batch``).
+
 The adapter :func:`pattern_functions_as_modules` works around a torch 2.13 + torchao 0.18
 incompatibility: torchao's ``_get_aten_graph_module_for_pattern`` hands plain pattern functions
 to ``torch.export.export``, which now accepts only ``nn.Module`` ("Expected `mod` to be an
@@ -75,6 +82,28 @@ def _dynamic_batch_export(torch, model, sample):
     return torch.export.export(model, (batch,), dynamic_shapes=shapes.dynamic_shapes(model, (batch,))).module()
 
 
+def unguarded_module(handle):
+    """The trainable module of ``handle``: for an ExportedProgram, its graph without the input guards
+    recorded at save time (``x.size()[0] == 1`` for a program saved at batch 1)."""
+    ep = (handle.meta or {}).get("exported_program")
+    if ep is None:
+        return handle.obj
+    module = ep.module(check_guards=False)
+    module.validate_inputs = False  # the remaining pre-hook would check the saved shapes again
+    return module
+
+
+def trainable_graph(torch, model, sample, from_program: bool):
+    """(graph module, micro batch): a dynamic batch when the graph allows it; for an ExportedProgram whose
+    graph is fixed to its saved batch, that batch (the training loop then feeds it in groups of that size)."""
+    try:
+        return _dynamic_batch_export(torch, model, sample), None
+    except Exception:
+        if not from_program:
+            raise
+    return torch.export.export(model, (sample,)).module(), int(sample.shape[0])
+
+
 def run(job, tflite_out: Path, onnx_out: Path | None) -> dict:
     """Train with QAT and write the int8 .tflite (and ONNX); returns extra report fields."""
     from litert_torch.quantize.quant_config import QuantConfig as LtQuantConfig
@@ -89,8 +118,9 @@ def run(job, tflite_out: Path, onnx_out: Path | None) -> dict:
 
     litert_torch = import_litert_torch()
     check_torch_model(job.handle)
-    torch, model, sample = traceable(job.handle)
-    model = copy.deepcopy(model).eval()
+    torch, _, sample = traceable(job.handle)
+    from_program = job.handle.format == "exported_program"
+    model = unguarded_module(job.handle) if from_program else copy.deepcopy(job.handle.obj).eval()
     model, sample, nhwc = channel_last(litert_torch, model, sample, job.handle.inputs[0].layout)
     cfg = job.config
     quantizer = pt2e_quantizer(cfg.per_channel, is_qat=True)
@@ -99,11 +129,14 @@ def run(job, tflite_out: Path, onnx_out: Path | None) -> dict:
     with pattern_functions_as_modules():
         try:
             with captured_output():
-                prepared = prepare_qat_pt2e(_dynamic_batch_export(torch, model, sample), quantizer)
+                graph, micro_batch = trainable_graph(torch, model, sample, from_program)
+                prepared = prepare_qat_pt2e(graph, quantizer)
         except Exception as exc:
             raise RuntimeFailure(f"PT2E could not prepare '{job.handle.path}' for QAT: {_first_line(exc)}",
-                                 hint="The model must trace with torch.export; check it converts with --scheme int8 first.") from None
-        backend = TorchBackend(prepared, cfg.train, n_outputs(job.handle) or 1,
+                                 hint="Preparing the graph for training failed, not loading it. If `workbench export "
+                                 "--scheme int8` converts this model, the model is fine: run with --debug and report the "
+                                 "traceback; otherwise fix what that command names first.") from exc
+        backend = TorchBackend(prepared, cfg.train, n_outputs(job.handle) or 1, micro_batch=micro_batch,
                                to_train=move_exported_model_to_train, to_eval=move_exported_model_to_eval)
         training = fit(backend, to_model(d.x), d.y, cfg.train, hooks=Hooks(), store=job.store, resume=job.resume,
                        val=(to_model(d.x_val), d.y_val), progress=job.progress)
@@ -117,7 +150,9 @@ def run(job, tflite_out: Path, onnx_out: Path | None) -> dict:
         except Exception as exc:
             raise RuntimeFailure(f"litert-torch could not convert the QAT model of '{job.handle.path}': {_first_line(exc)}") from None
     extra = {"training": training, "nhwc_inputs": nhwc,
-             "route": "torch.export -> prepare_qat_pt2e -> train -> convert_pt2e -> litert_torch.convert"}
+             "route": ("ExportedProgram.module() -> " if from_program else "")
+             + "torch.export -> prepare_qat_pt2e -> train -> convert_pt2e -> litert_torch.convert",
+             "train_batch": "dynamic" if micro_batch is None else f"fixed at {micro_batch} (graph specialised to it)"}
     if for_onnx is not None:
         extra["onnx"] = _export_onnx(torch, for_onnx, sample, onnx_out)
     return extra

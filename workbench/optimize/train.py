@@ -266,12 +266,19 @@ def user_step(cfg: TrainConfig):
 # ---------------------------------------------------------------- PyTorch
 
 class TorchBackend(Backend):
-    """``to_train``/``to_eval`` switch modes (exported QAT graphs use torchao's helpers instead of .train())."""
+    """``to_train``/``to_eval`` switch modes (exported QAT graphs use torchao's helpers instead of .train()).
+    ``micro_batch``: a graph fixed to one batch size is fed groups of that size; a step sums their
+    gradients, weighted so the result equals one pass over the whole batch."""
 
     framework = "torch"
 
-    def __init__(self, model, cfg: TrainConfig, n_outputs: int, to_train=None, to_eval=None, batch_eval: int = 256):
+    def __init__(self, model, cfg: TrainConfig, n_outputs: int, to_train=None, to_eval=None, batch_eval: int = 256,
+                 micro_batch: int | None = None):
         import torch
+
+        self.micro_batch = micro_batch
+        if micro_batch is not None:
+            batch_eval = micro_batch
 
         self.torch = torch
         self.model = model
@@ -308,10 +315,21 @@ class TorchBackend(Backend):
         if self.custom is not None:
             return run_user_step(self.cfg.step, self.custom, self.model, xt, yt, self.optimizer, self.loss_fn)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(xt), yt)
-        loss.backward()
+        if self.micro_batch is None:
+            loss = self.loss_fn(self.model(xt), yt)
+            loss.backward()
+            self.optimizer.step()
+            return float(loss.detach())
+        mb, n, total = self.micro_batch, len(xt), 0.0
+        if n % mb:
+            raise DataError(f"This model's graph takes batches of exactly {mb} samples; a training batch has {n}.",
+                            hint=f"Use a --batch-size and --train-samples that are multiples of {mb}.")
+        for i in range(0, n, mb):
+            part = self.loss_fn(self.model(xt[i:i + mb]), yt[i:i + mb]) * (mb / n)
+            part.backward()
+            total += float(part.detach())
         self.optimizer.step()
-        return float(loss.detach())
+        return total
 
     def predict(self, x) -> np.ndarray:
         torch = self.torch
