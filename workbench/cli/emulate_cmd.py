@@ -33,7 +33,8 @@ def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, refere
     "estimate"). Linux boards: resident memory measured with LiteRT, latency estimated.
 
     Exit codes: 0 fits, 1 does not fit or cannot run there (the verdict and the numbers are
-    still printed), 2 bad input, 3 a missing tool.
+    still printed), 2 bad input, 3 a missing tool, 4 a tool failed while building or running the
+    firmware (no verdict: the estimates are printed, "fits" is null and "tool_failure" says why).
     """
     from workbench.emulate import emulate, render_text
 
@@ -47,5 +48,8 @@ def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, refere
         emit_json(report.to_dict())
     else:
         click.echo(render_text(report))
+    if report.tool_failure is not None:  # no verdict: a tool failed, not the model
+        click.echo(f"Error: {report.tool_failure['message'].splitlines()[0]}", err=True)
+        click.get_current_context().exit(report.tool_failure["exit_code"])
     if not report.fits:  # a verdict, already printed with its reasons: exit 1, not an error
         click.get_current_context().exit(1)

@@ -15,7 +15,7 @@ from workbench.emulate import compat, memory
 from workbench.emulate.cost import estimate_latency
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target, load_target
-from workbench.core.errors import RuntimeFailure, UnsupportedError, WorkbenchError
+from workbench.core.errors import MissingDependencyError, RuntimeFailure, ToolFailure, UnsupportedError, WorkbenchError
 from workbench.core.files import check_input_file, sha256_file
 from workbench.core.registry import Registry
 
@@ -52,6 +52,13 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     and a TFLM tree (``tflm_dir`` or ``WORKBENCH_TFLM_DIR``) are available, else the estimate
     with a note saying why; ``True``: required (a missing piece is an error); ``False``: the
     estimate only.
+
+    A tool that fails while the firmware is built or run (a build that fails or times out, a
+    link error, QEMU timing out, a tool missing part-way) gives no verdict on the model: the
+    report keeps what is known without it (flash, RAM and latency estimates, accuracy on the
+    host TFLite Micro) and has ``tool_failure`` set, so ``fits`` is None and ``to_dict()`` has
+    ``"fits": None`` and ``"tool_failure": "<cause>"``; the CLI exits 4 (3 for a missing tool).
+    Such a report is not a result to cache.
     """
     from workbench.frontends import load
 
@@ -73,8 +80,8 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
         context["litert"] = memory.measure_litert(path, n_threads, timeout)
     support = compat.check(graph, tgt.runtime.name, str(path), context)
     notes: list[str] = []
-    fw, accuracy, support = _on_firmware(handle, tgt, support, firmware, tflm_dir, eval_data, reference, eval_samples, notes,
-                                         metric=metric)
+    fw, accuracy, support, tool_failure = _on_firmware(handle, tgt, support, firmware, tflm_dir, eval_data, reference,
+                                                       eval_samples, notes, metric=metric)
     if fw is not None:
         from workbench.emulate.on_firmware import firmware_memory
 
@@ -99,21 +106,43 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
         accuracy = _accuracy(handle, tgt, n_threads, eval_data, reference, eval_samples, metric=metric)
     return TargetReport(target=tgt, model=str(path), model_bytes=path.stat().st_size, model_sha256=sha256_file(path),
                         memory=mem, latency=latency, unsupported_ops=support.unsupported, notes=tuple(notes),
-                        accuracy=accuracy, runtime=runtime_info, firmware=fw)
+                        accuracy=accuracy, runtime=runtime_info, firmware=fw, tool_failure=tool_failure)
 
 
-# What GNU ld says when sections do not fit a memory region of the linker script.
-LINK_OVERFLOW = ("overflowed by", "will not fit in region")
+def _tool_failure(exc: WorkbenchError) -> dict:
+    """What the report keeps of a tool's failure (not a verdict on the model)."""
+    missing = isinstance(exc, MissingDependencyError)
+    return {"kind": "missing_tool" if missing else "tool_failure", "message": exc.message, "hint": exc.hint,
+            "exit_code": exc.exit_code}
+
+
+def _firmware_problem(exc: WorkbenchError, graph) -> dict:
+    """The unsupported-op entry for a firmware that could not run the model, naming the op TFLM named."""
+    problem = getattr(exc, "problem", None) or {"kind": "firmware_failure", "message": exc.message}
+    node = getattr(exc, "tflm_node", None)
+    if node is not None and "index" not in problem:
+        from workbench.runtimes.tflm import layer_label, node_op
+
+        op = node_op(graph, node)
+        problem = {**problem, "op": node["op"], "tflm_node": node["number"], "phase": node["stage"]}
+        if op is not None:
+            problem.update({"index": op.index, "layer": op.name, "message": f"op {op.index} {op.kind} (layer "
+                            f"'{layer_label(op)}') failed to {node['stage']} on the firmware: {exc.message}"})
+    if exc.hint:
+        problem = {**problem, "hint": exc.hint}
+    return problem
 
 
 def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | None, tflm_dir, eval_data, reference,
                  eval_samples, notes: list[str], metric: str | None = None):
-    """(firmware report or None, accuracy or None, support): the firmware run when it can and should happen.
+    """(firmware report or None, accuracy or None, support, tool failure or None): the firmware run
+    when it can and should happen.
 
     A model the firmware cannot build (an op the TFLM tree lacks) or run (a kernel that
-    aborts) becomes an unsupported op of the report, so the verdict still comes."""
+    aborts) becomes an unsupported op of the report, so the verdict still comes. A tool that
+    fails (ToolFailure, a tool missing part-way) is returned as the tool failure: no verdict."""
     if tgt.runtime.name != "tflm" or firmware is False or not support.supported:
-        return None, None, support
+        return None, None, support, None
     model_bytes = Path(handle.path).stat().st_size
     room = _machine_code_bytes(tgt)
     if room is not None and model_bytes > room:
@@ -121,20 +150,22 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
         # memory cannot be linked (building such a firmware only to see the linker overflow takes minutes).
         notes.append(f"Not run on firmware: the model alone ({model_bytes:,} B) is larger than the emulated machine's "
                      f"code memory ({room:,} B); flash, RAM and latency are the documented estimates.")
-        return None, None, support
+        return None, None, support, None
     from workbench.emulate.firmware import firmware_support
 
     why_not = None if firmware else firmware_support(tgt, tflm_dir=tflm_dir)
     if why_not is not None:
         notes.append(f"Not run on firmware ({why_not}): flash, RAM and latency are the documented estimates. "
                      "`workbench firmware setup` and the install line in the README give the real firmware.")
-        return None, None, support
-    from workbench.emulate.firmware import run_firmware
+        return None, None, support, None
+    from workbench.emulate.firmware import ImageOverflow, run_firmware
     from workbench.emulate.on_firmware import FirmwareRunner
 
     try:
         if eval_data is None:
-            return run_firmware(handle.path, tgt, tflm_dir=tflm_dir), None, support
+            fw = run_firmware(handle.path, tgt, tflm_dir=tflm_dir)
+            notes.extend(fw.notes)
+            return fw, None, support, None
         runner = FirmwareRunner(handle, tgt, tflm_dir)
         accuracy = _accuracy(handle, tgt, 1, eval_data, reference, eval_samples, runner=runner, metric=metric)
         if runner.last is not None:
@@ -144,17 +175,21 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
                 accuracy["vs_litert"] = lsb_agreement(handle, *runner.last)
             except WorkbenchError as exc:  # e.g. a LUT-compressed model: LiteRT has no DECODE kernel
                 accuracy["vs_litert"] = {"skipped": exc.message.splitlines()[0][:300]}
-        return runner.report, accuracy, support
+        notes.extend(runner.report.notes if runner.report is not None else ())
+        return runner.report, accuracy, support, None
+    except (ToolFailure, MissingDependencyError) as exc:  # the tool failed, not the model: no verdict
+        notes.append(f"No verdict: the firmware emulation failed ({exc.message.splitlines()[0][:300]}); flash, RAM "
+                     "and latency are the documented estimates.")
+        return None, None, support, _tool_failure(exc)
+    except ImageOverflow as exc:  # too big for the emulated machine: a size, not a defect
+        said = next((ln for ln in exc.message.splitlines() if "overflowed" in ln or "will not fit" in ln), "")
+        notes.append(f"Not run on firmware: the linked image does not fit the emulated machine's memory "
+                     f"({said.strip()[:200]}); flash, RAM and latency are the documented estimates.")
+        return None, None, support, None
     except (UnsupportedError, RuntimeFailure) as exc:
-        if any(k in exc.message for k in LINK_OVERFLOW):  # too big for the emulated machine: a size, not a defect
-            notes.append(f"Not run on firmware: the linked image does not fit the emulated machine's memory "
-                         f"({exc.message.splitlines()[0][:200]}); flash, RAM and latency are the documented estimates.")
-            return None, None, support
-        problem = getattr(exc, "problem", None) or {"kind": "firmware_failure", "message": exc.message}
-        if exc.hint:
-            problem = {**problem, "hint": exc.hint}
+        problem = _firmware_problem(exc, handle.meta["graph"])
         notes.append(f"The firmware could not be built or run: {exc.message}")
-        return None, None, compat.Compat(unsupported=(problem,), delegated=support.delegated, notes=support.notes)
+        return None, None, compat.Compat(unsupported=(problem,), delegated=support.delegated, notes=support.notes), None
 
 
 def _memory(path: Path, graph, tgt: Target, context: dict, support: compat.Compat):

@@ -28,6 +28,9 @@ class TargetReport:
     runtime: dict = field(default_factory=dict)
     firmware: object | None = None  # workbench.emulate.firmware.FirmwareReport when the real firmware ran
     npu: dict | None = None  # boards with an NPU: the NPU compiler's estimate (workbench.emulate.npu)
+    # A tool that failed (firmware build, link, QEMU): {"kind", "message", "hint", "exit_code"}. No verdict then:
+    # fits is None, and the numbers are what is known without the tool (the estimates).
+    tool_failure: dict | None = None
 
     @property
     def method(self) -> str:
@@ -55,8 +58,11 @@ class TargetReport:
         return self.memory.ram_bytes <= self.memory.ram_budget
 
     @property
-    def fits(self) -> bool:
-        """Runs, and fits both memories. A model the runtime cannot run does not fit, whatever its size."""
+    def fits(self) -> bool | None:
+        """Runs, and fits both memories. A model the runtime cannot run does not fit, whatever its size.
+        None when a tool failed (``tool_failure``): that is no verdict on the model."""
+        if self.tool_failure is not None:
+            return None
         npu_ok = self.npu is None or self.npu.get("sram_fits") is not False
         return not self.unsupported_ops and bool(self.flash_fits) and bool(self.ram_fits) and npu_ok
 
@@ -105,6 +111,7 @@ class TargetReport:
             "threads": self.latency.threads,
             "macs": self.latency.macs,
             "fits": self.fits,
+            "tool_failure": self.tool_failure["message"] if self.tool_failure else None,
             "margins": {
                 "flash_bytes": m.flash_margin if m else None,
                 "ram_bytes": m.ram_margin if m else None,
@@ -133,6 +140,8 @@ class TargetReport:
             d["accuracy"] = self.accuracy
         if self.npu is not None:
             d["npu"] = self.npu
+        if self.tool_failure is not None:
+            d["tool_failure_detail"] = dict(self.tool_failure)
         return d
 
     def float_ops(self) -> list[dict]:
@@ -251,7 +260,13 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
     for n in report.notes:
         lines.append(f"  note: {n}")
     lines.append("")
-    if report.fits:
+    if report.tool_failure is not None:
+        tf = report.tool_failure
+        lines.append(f"NO VERDICT on {t.name}: a tool failed, not the model ({tf['kind'].replace('_', ' ')}):")
+        lines.extend(f"  {ln}" for ln in tf["message"].splitlines()[:12])
+        if tf.get("hint"):
+            lines.append(f"  {tf['hint']}")
+    elif report.fits:
         lines.append(f"FITS on {t.name}.")
     else:
         lines.append(f"DOES NOT FIT on {t.name}:")

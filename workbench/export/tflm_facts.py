@@ -174,6 +174,7 @@ class ModelFacts:
     labels: tuple[str, ...] | None
     arena: ArenaPlan
     target: dict | None
+    resource_variables: int = 0  # VAR_HANDLE ops: the MicroResourceVariables a stateful model needs
 
     @property
     def size(self) -> int:

@@ -39,8 +39,41 @@ def _op_resolver(facts: ModelFacts) -> str:
         "inline TfLiteStatus RegisterOps(OpResolver& op_resolver) {",
     ]
     lines += [f"  if (op_resolver.{op.method}() != kTfLiteOk) return kTfLiteError;" for op in facts.ops]
-    lines += ["  return kTfLiteOk;", "}", "", f"}}  // namespace {ns}", "", f"#endif  // {g}"]
+    lines += ["  return kTfLiteOk;", "}", ""]
+    if facts.resource_variables:
+        lines += ["// The model keeps state in resource variables (VAR_HANDLE / ASSIGN_VARIABLE / READ_VARIABLE):",
+                  "// the interpreter needs a tflite::MicroResourceVariables with room for this many (one per",
+                  "// VAR_HANDLE op), or AllocateTensors fails.",
+                  f"constexpr int kResourceVariableCount = {facts.resource_variables};", ""]
+    lines += [f"}}  // namespace {ns}", "", f"#endif  // {g}"]
     return "\n".join(lines) + "\n"
+
+
+def _interpreter_lines(facts: ModelFacts, indent: str, decl: str, fail: str, plain: list[str]) -> list[str]:
+    """The statements creating the interpreter ``decl`` names over tensor_arena: ``plain`` for a model
+    without state, else with the model's resource variables (made in the same arena)."""
+    ns = f"{facts.name}_model"
+    if not facts.resource_variables:
+        return plain
+    return [
+        f"{indent}// A stateful model: its resource variables live in the arena, beside the tensors.",
+        f"{indent}tflite::MicroAllocator* allocator = tflite::MicroAllocator::Create(tensor_arena, sizeof(tensor_arena));",
+        f"{indent}tflite::MicroResourceVariables* resource_variables =",
+        f"{indent}    allocator == nullptr ? nullptr",
+        f"{indent}                         : tflite::MicroResourceVariables::Create(allocator, {ns}::kResourceVariableCount);",
+        f"{indent}if (resource_variables == nullptr) {{",
+        f'{indent}  MicroPrintf("Creating %d resource variables failed: raise the arena size.", {ns}::kResourceVariableCount);',
+        f"{indent}  {fail}",
+        f"{indent}}}",
+        f"{indent}{decl}(model, op_resolver, allocator, resource_variables);",
+    ]
+
+
+def _rv_includes(facts: ModelFacts) -> list[str]:
+    if not facts.resource_variables:
+        return []
+    return ['#include "tensorflow/lite/micro/micro_allocator.h"',
+            '#include "tensorflow/lite/micro/micro_resource_variable.h"']
 
 
 # --------------------------------------------------------------------------- example program (main.cc / sketch)
@@ -115,6 +148,7 @@ def _main_cc(facts: ModelFacts, opts: TflmOptions, lang: Lang) -> str:
         "#include <cstddef>",
         "#include <cstdint>",
         "",
+        *_rv_includes(facts),
         '#include "tensorflow/lite/micro/micro_interpreter.h"',
         '#include "tensorflow/lite/micro/micro_log.h"',
         '#include "tensorflow/lite/micro/system_setup.h"',
@@ -147,7 +181,8 @@ def _main_cc(facts: ModelFacts, opts: TflmOptions, lang: Lang) -> str:
         "    return 1;",
         "  }",
         "",
-        "  tflite::MicroInterpreter interpreter(model, op_resolver, tensor_arena, sizeof(tensor_arena));",
+        *_interpreter_lines(facts, "  ", "tflite::MicroInterpreter interpreter", "return 1;", [
+            "  tflite::MicroInterpreter interpreter(model, op_resolver, tensor_arena, sizeof(tensor_arena));"]),
         "  if (interpreter.AllocateTensors() != kTfLiteOk) {",
         '    MicroPrintf("AllocateTensors failed: a %u-byte arena is too small; raise the arena size.",',
         "                static_cast<unsigned>(sizeof(tensor_arena)));",
@@ -181,6 +216,7 @@ def _sketch(facts: ModelFacts, opts: TflmOptions, lang: Lang) -> str:
         "#include <cstddef>",
         "#include <cstdint>",
         "",
+        *_rv_includes(facts),
         '#include "tensorflow/lite/micro/micro_interpreter.h"',
         '#include "tensorflow/lite/micro/micro_log.h"',
         '#include "tensorflow/lite/micro/system_setup.h"',
@@ -214,8 +250,9 @@ def _sketch(facts: ModelFacts, opts: TflmOptions, lang: Lang) -> str:
         "    return;",
         "  }",
         "",
-        "  static tflite::MicroInterpreter static_interpreter(model, op_resolver, tensor_arena,",
-        "                                                     sizeof(tensor_arena));",
+        *_interpreter_lines(facts, "  ", "static tflite::MicroInterpreter static_interpreter", "return;", [
+            "  static tflite::MicroInterpreter static_interpreter(model, op_resolver, tensor_arena,",
+            "                                                     sizeof(tensor_arena));"]),
         "  if (static_interpreter.AllocateTensors() != kTfLiteOk) {",
         '    MicroPrintf("AllocateTensors failed: a %u-byte arena is too small; raise the arena size.",',
         "                static_cast<unsigned>(sizeof(tensor_arena)));",

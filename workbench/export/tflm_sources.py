@@ -25,7 +25,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from workbench.core.errors import CheckFailed, ConfigError, DataError, InputFileError, OutputExistsError, UnsupportedError
+from workbench.core.errors import (
+    CheckFailed,
+    ConfigError,
+    DataError,
+    InputFileError,
+    OutputExistsError,
+    ToolFailure,
+    UnsupportedError,
+)
 from workbench.export.artifact import Artifact
 from workbench.export.c_names import c_identifier, comment_text
 from workbench.export.tflm_facts import ARENA_MARGIN, CTYPES, ArenaMargin, ArenaPlan, IoTensor, ModelFacts, TflmOptions
@@ -163,6 +171,14 @@ def _check_fit(rep: dict | None, arena: ArenaPlan, force: bool, where: str) -> d
     """
     if rep is None:
         return None
+    if rep.get("tool_failure"):  # no verdict on the model: never reported as "does not fit"
+        detail = rep.get("tool_failure_detail") or {}
+        err = ToolFailure(f"The fit of '{where}' on target '{rep.get('target')}' could not be checked: a tool failed, "
+                          f"not the model: {rep['tool_failure']}",
+                          hint=detail.get("hint") or "Run again, or see the estimate with `workbench emulate MODEL "
+                                                     "--target NAME --no-firmware`.")
+        err.exit_code = int(detail.get("exit_code") or ToolFailure.exit_code)  # 3 for a missing tool
+        raise err
     reasons = [str(r) for r in rep.get("reasons") or ()] or _shortfalls(rep)
     fits = bool(rep.get("fits", True))
     # arena_bytes: the arena the report's RAM counts (the exact host arena for the estimate, arena_used_bytes()
@@ -278,7 +294,8 @@ def write_tflm_project(tflite_path, out_dir, *, name: str | None = None, target:
 
     facts = ModelFacts(name=c_name, name_note=note, source_name=src.name, data=data, sha256=sha256_bytes(data),
                        description=str(graph.meta.get("description", "")), ops=ops, inputs=inputs, outputs=outputs,
-                       labels=label_list, arena=arena, target=report)
+                       labels=label_list, arena=arena, target=report,
+                       resource_variables=sum(1 for op in graph.ops if op.kind == "VAR_HANDLE"))
     files = render_files(facts, opts)
     if npu is not None:
         files["README.md"] += _npu_readme(npu)

@@ -36,6 +36,7 @@ from workbench.core.errors import MissingDependencyError, RuntimeFailure, Unsupp
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.graph import Graph, Op
 from workbench.runtimes.base import RUNNERS, Runner
+from workbench.runtimes.tflm_child import parse_failed_node
 
 CHILD_MODULE = "workbench.runtimes.tflm_child"
 RESULT_PREFIX = "@@tflm-result "
@@ -255,13 +256,13 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
     if "Hybrid models are not supported" in log:
         return UnsupportedError(f"'{path}' is a hybrid (dynamic-range) model, which TensorFlow Lite Micro refuses.",
                                 hint=f"Re-export with scheme int8, int16x8 or float32: TFLite Micro runs {SCHEMES_THAT_RUN}.")
-    m = re.search(r"Node (\w+) \(number (\d+)\) failed to prepare", log)
-    if m:
-        idx = int(m.group(2))
-        op = graph.ops[idx] if idx < len(graph.ops) else None
+    node = parse_failed_node(log)
+    if node is not None and node["stage"] == "prepare":
+        op = node_op(graph, node)
+        idx = op.index if op is not None else node["number"]
         layer = f", layer '{layer_label(op)}'" if op is not None else ""
         detail = _first_lines(log.split("Node ")[0], 2)
-        err = UnsupportedError(f"TensorFlow Lite Micro cannot prepare op {idx} {m.group(1)}{layer} of '{path}'"
+        err = UnsupportedError(f"TensorFlow Lite Micro cannot prepare op {idx} {node['op']}{layer} of '{path}'"
                                + (f": {detail}" if detail else "."),
                                hint="The op's data types or options are not supported by its TFLite Micro kernel; "
                                     f"TFLite Micro runs {SCHEMES_THAT_RUN}.")
@@ -269,7 +270,7 @@ def _explain(result: dict, graph: Graph, path: Path) -> Exception:
             err.problem = _problem("prepare_failed", op, f"op {idx} {op.kind} (layer '{layer_label(op)}') is refused by its TFLite Micro kernel"
                                    + (f": {detail}" if detail else "."), f"an op and dtype combination TFLite Micro supports ({SCHEMES_THAT_RUN})")
         return err
-    if result.get("phase") == "invoke":
+    if result.get("phase") == "invoke" or result.get("error") == "invoke":
         return _invoke_failure(result, graph, path, log)
     crash = re.search(r"crashed with signal (\d+)", log)
     if crash and result.get("arena_tried"):
@@ -299,12 +300,38 @@ def _signal_name(log: str) -> str | None:
         return f"signal {crash.group(1)}"
 
 
+def node_op(graph: Graph, node: dict) -> Op | None:
+    """The op of ``graph`` TFLM means by ``node`` (see :func:`parse_failed_node`): node numbers count
+    within a subgraph, so the op at that position of the first subgraph whose op there has that
+    name (the main graph first); else the main graph's op at that position."""
+    by_subgraph: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        by_subgraph.setdefault(op.subgraph, []).append(op)
+    n = node["number"]
+    for k in sorted(by_subgraph):
+        ops = by_subgraph[k]
+        if n < len(ops) and ops[n].kind == node["op"]:
+            return ops[n]
+    main = by_subgraph.get(0, [])
+    return main[n] if n < len(main) else None
+
+
 def _invoke_failure(result: dict, graph: Graph, path: Path, log: str) -> RuntimeFailure:
-    """The model allocates but TFLM fails (or aborts) while running it: name the phase and the op."""
+    """The model allocates but TFLM fails (or aborts) while running it: name the phase and the op.
+
+    The op is the node TFLM names in its own message ("Node SQRT (number 246) failed to invoke");
+    only when it names none, the child's bisection over truncated models."""
     how = f"crashed ({_signal_name(log)})" if _signal_name(log) else "failed"
-    idx = result.get("op_index")
-    op = graph.ops[idx] if isinstance(idx, int) and 0 <= idx < len(graph.ops) else None
-    where = (f" in op {idx} {op.kind} (layer '{layer_label(op)}'), found by running the model cut after each op"
+    node = result.get("failed_node") or parse_failed_node(log)
+    if node is not None:
+        op = node_op(graph, node)
+        idx = op.index if op is not None else node["number"]
+        found = "named by TFLite Micro's own message"
+    else:
+        idx = result.get("op_index")
+        op = graph.ops[idx] if isinstance(idx, int) and 0 <= idx < len(graph.ops) else None
+        found = "found by running the model cut after each op"
+    where = (f" in op {idx} {op.kind} (layer '{layer_label(op)}'), {found}"
              if op is not None else "; the op could not be singled out")
     detail = _first_lines(log.replace(PHASE_MARK, ""), 2)
     err = RuntimeFailure(f"TensorFlow Lite Micro {how} while running '{path}' (allocation succeeded; the failure is in invoke){where}."

@@ -47,6 +47,8 @@ ARENA_LADDER = (1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28)
 SAFE_FLOOR = 1024
 # How far below the reported total the search starts (alignment padding is < 16 bytes per region).
 ALIGN_SLACK = 64
+# TFLM's own message naming the node that failed (some TFLM versions print "(number 246f)").
+_FAILED_NODE = re.compile(r"Node (\S+) \(number (\d+)[a-z]?\) failed to (invoke|prepare)")
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 _HEAD = re.compile(r"Arena allocation head (\d+) bytes")
 _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
@@ -131,6 +133,15 @@ def attempt(runtime, data: bytes, arena: int, invoke: bool = True, report: bool 
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log
 
 
+def parse_failed_node(log: str) -> dict | None:
+    """The first node TFLM names as failing ("Node SQRT (number 246) failed to invoke with status 1"):
+    {"op", "number" (its index in its subgraph), "stage" ("invoke" or "prepare")}, or None."""
+    m = _FAILED_NODE.search(log or "")
+    if m is None:
+        return None
+    return {"op": m.group(1), "number": int(m.group(2)), "stage": m.group(3)}
+
+
 def _num_inputs(data: bytes) -> int:
     s = _schema()
     return s.Model.GetRootAs(data, 0).Subgraphs(0).InputsLength()
@@ -169,11 +180,16 @@ def measure(path: str) -> dict:
     if working is None:
         if PHASE_INVOKE not in log:
             return {"error": "allocate", "phase": "allocate", "log": log, "arena_tried": ARENA_LADDER[-1]}
-        # It allocates but fails in invoke: the arena is still known (allocation only), and the
-        # op that fails is the first one whose truncated model fails.
+        # It allocates but fails in invoke: the arena is still known (allocation only). The op that
+        # fails is the node TFLM names in its message; only when it names none, the first op whose
+        # truncated model fails (bisection).
         alloc = next((s for s in ARENA_LADDER if attempt(runtime, data, s, invoke=False)[0]), ARENA_LADDER[-1])
-        return {"error": "invoke", "phase": "invoke", "log": log, "arena_tried": ARENA_LADDER[-1],
-                "op_index": failing_op(runtime, data, alloc), "allocation_arena_bytes": _bisect(runtime, data, alloc, invoke=False)}
+        node = parse_failed_node(log)
+        out = {"error": "invoke", "phase": "invoke", "log": log, "arena_tried": ARENA_LADDER[-1],
+               "allocation_arena_bytes": _bisect(runtime, data, alloc, invoke=False)}
+        if node is not None:
+            return {**out, "failed_node": node, "op_index_source": "tflm"}
+        return {**out, "op_index": failing_op(runtime, data, alloc), "op_index_source": "bisection"}
     text = log
     m = _TOTAL.search(text)
     reported = int(m.group(1)) if m else None

@@ -6,18 +6,21 @@ core with the CMSIS-NN kernels and run on QEMU with deterministic instruction co
         rep = run_firmware("model.tflite", "stm32l4r5", inputs=x_int8)
         rep.flash_bytes, rep.ram_bytes, rep.latency_ms, rep.outputs
 
-Pieces: :mod:`.tree` (finding / cloning the TFLM tree), :mod:`.toolchain` (arm-none-eabi
+Pieces: :mod:`.tree` (finding / cloning the TFLM tree, its key), :mod:`.toolchain` (arm-none-eabi
 GCC + newlib, qemu-system-arm), :mod:`.machines` (core -> QEMU machine, flags, memory map,
 timer), :mod:`.library` (the cached per-core TFLM library), :mod:`.build` (exported project
-+ harness -> ELF), :mod:`.qemu` (running it), :mod:`.cpi` (instructions -> latency) and the
-C/C++ harness in ``harness/`` (package data).
++ harness -> ELF), :mod:`.cache` (build once under a lock, serve only what matches its digests),
+:mod:`.qemu` (running it), :mod:`.cpi` (instructions -> latency) and the C/C++ harness in
+``harness/`` (package data).
 """
 
 from workbench.emulate.firmware.build import (
     FirmwareImage,
+    ImageOverflow,
     build_image,
     firmware_support,
 )
+from workbench.emulate.firmware.cache import CacheCorrupt
 from workbench.emulate.firmware.library import Library, get_library
 from workbench.emulate.firmware.machines import (
     MACHINES,
@@ -48,6 +51,8 @@ __all__ = [
     "PINNED_COMMIT",
     "FirmwareImage",
     "FirmwareReport",
+    "CacheCorrupt",
+    "ImageOverflow",
     "Library",
     "Machine",
     "SetupResult",

@@ -27,14 +27,15 @@ from workbench.core.errors import (
     ConfigError,
     InputFileError,
     RuntimeFailure,
+    ToolFailure,
     UnsupportedError,
     WorkbenchError,
 )
+from workbench.emulate.firmware.cache import CacheCorrupt, Say, build_once, verify_digests, write_digests
 from workbench.emulate.firmware.library import (
     HARNESS_DIR,
     TREE_TOKEN,
     Library,
-    build_once,
 )
 from workbench.emulate.firmware.machines import (
     Machine,
@@ -46,7 +47,7 @@ from workbench.emulate.firmware.toolchain import (
 )
 from workbench.emulate.firmware.tree import TflmTree, cache_root, find_tree
 
-FW_RECIPE_VERSION = 1
+FW_RECIPE_VERSION = 2  # 2: digests of the served files, the library's own digest in the key
 C_NAME = "wbfw"  # the C name the project is exported under (any identifier builds the same code)
 ARENA_BYTES = 12 * 1024 * 1024  # the harness arena in the emulated machine's 16 MB PSRAM
 STACK_BYTES = 256 * 1024
@@ -58,6 +59,14 @@ HARNESS_FILES = (*HARNESS_SOURCES, "wb_semihost.h", "wb_state.h", "wb_firmware.l
 STRICT = ("-Werror", "-Wunused-parameter")
 DROP_FROM_TFLM = ("-Wno-unused-parameter",)
 ELF_NAME = "firmware.elf"
+SERVED = (ELF_NAME, "meta.json")  # the files a cached image folder serves (digested)
+# What GNU ld says when sections do not fit a memory region of the linker script.
+LINK_OVERFLOW = ("overflowed by", "will not fit in region")
+TOOL_TIMEOUT = 900.0  # seconds for one compile or link
+
+
+class ImageOverflow(RuntimeFailure):
+    """The linked image does not fit the emulated machine's memory: a size, not a tool failure."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class FirmwareImage:
     build_seconds: float
     cached: bool
     key: str
+    notes: tuple[str, ...] = ()  # e.g. a cached image that failed its integrity check and was rebuilt
 
     @property
     def flash_bytes(self) -> int:
@@ -154,6 +164,12 @@ def _io(graph, indices, where: str, what: str) -> tuple[IoSpec, ...]:
     return tuple(out)
 
 
+def resource_variable_count(graph) -> int:
+    """Resource variables the interpreter must hold: one per VAR_HANDLE op, in every subgraph
+    (an upper bound: ops naming the same variable share one)."""
+    return sum(1 for op in graph.ops if op.kind == "VAR_HANDLE")
+
+
 def tree_resolver_methods(tree: TflmTree) -> frozenset[str]:
     """The Add* methods of the tree's MicroMutableOpResolver: the ops this TFLM can register."""
     text = (tree.root / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text(errors="replace")
@@ -201,20 +217,35 @@ def _compile_flags(lib: Library, tree: TflmTree, lang: str) -> tuple[list[str], 
     isystem = []
     for inc in lib.includes(tree):
         isystem += ["-isystem", inc]
-    cxx = [f for f in lib.flags["cxxflags"] if f not in DROP_FROM_TFLM] + list(STRICT) + ["-O2"] + isystem
-    cc = [f for f in lib.flags["ccflags"] if f not in DROP_FROM_TFLM] + list(STRICT) + ["-O2", "-Wall", "-Wextra"] + isystem
+
+    def own(flags: list[str]) -> list[str]:
+        return [f.replace(TREE_TOKEN, str(tree.root)) for f in flags if f not in DROP_FROM_TFLM]
+
+    cxx = own(lib.flags["cxxflags"]) + list(STRICT) + ["-O2"] + isystem
+    cc = own(lib.flags["ccflags"]) + list(STRICT) + ["-O2", "-Wall", "-Wextra"] + isystem
     return cxx, cc
 
 
-def _run_tool(cmd: list[str], cwd: Path, what: str) -> str:
-    r = subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+def _run_tool(cmd: list[str], cwd: Path, what: str, timeout: float = TOOL_TIMEOUT) -> str:
+    """Run a compiler, linker or size tool. Its failure is ToolFailure (exit 4: not a verdict on the
+    model), except the linker saying the image overflows a memory region (ImageOverflow: a size)."""
+    try:
+        r = subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ToolFailure(f"{what} did not finish within {timeout:.0f} s; it was stopped.",
+                          hint="The machine may be overloaded; run again.") from None
+    except OSError as exc:
+        raise ToolFailure(f"{what} could not be started: {exc}.") from None
     if r.returncode != 0:
         msg = (r.stderr or r.stdout).strip()
         lines = msg.splitlines()
         shown = "\n".join(lines[:25]) + ("\n..." if len(lines) > 25 else "")
-        raise RuntimeFailure(f"{what} failed (exit {r.returncode}):\n{shown}",
-                             hint="The exported TFLM sources or the harness do not build against this TFLM tree; "
-                                  "the compiler output above names the file and line.")
+        if any(k in msg for k in LINK_OVERFLOW):
+            raise ImageOverflow(f"{what} failed: the image does not fit the emulated machine's memory:\n{shown}")
+        raise ToolFailure(f"{what} failed (exit {r.returncode}):\n{shown}",
+                          hint="The exported TFLM sources or the harness do not build against this TFLM tree and its "
+                               "library; the compiler or linker output above names the file and line.")
     return r.stdout + r.stderr
 
 
@@ -230,15 +261,19 @@ def parse_size_sysv(text: str) -> dict:
 def parse_size_berkeley(text: str) -> dict:
     lines = [ln.split() for ln in text.strip().splitlines()]
     if len(lines) < 2 or lines[0][:3] != ["text", "data", "bss"]:
-        raise RuntimeFailure(f"Unexpected arm-none-eabi-size output: {text[:200]!r}")
+        raise ToolFailure(f"Unexpected arm-none-eabi-size output: {text[:200]!r}")
     text_b, data_b, bss_b = (int(x) for x in lines[1][:3])
     return {"text": text_b, "data": data_b, "bss": bss_b}
 
 
 def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolchain, lib: Library, *,
                 layout: str = "plain", lang: str = "cpp", cache: bool = True,
-                cache_dir: Path | None = None) -> FirmwareImage:
-    """The firmware ELF for ``model_path`` on ``machine`` (cached by content unless ``cache=False``)."""
+                cache_dir: Path | None = None, say: Say | None = None) -> FirmwareImage:
+    """The firmware ELF for ``model_path`` on ``machine`` (cached by content unless ``cache=False``).
+
+    A cached image is served only when its ELF and meta.json match their digests; otherwise it is
+    rebuilt, with a note (``say``, default stderr, and ``FirmwareImage.notes``). Compile and link
+    failures are ToolFailure; an image too big for the emulated machine is ImageOverflow."""
     from workbench.core.files import check_input_file
     from workbench.frontends.tflite_reader import read_tflite_bytes
 
@@ -257,7 +292,9 @@ def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolcha
     ops = resolver_ops(used_ops(data, where), where)  # UnsupportedError for ops TFLM has no kernel for
     check_ops_in_tree(ops, tree, where)
 
-    spec = {"recipe": FW_RECIPE_VERSION, "model": hashlib.sha256(data).hexdigest(), "lib": lib.key,
+    resource_variables = resource_variable_count(graph)
+    spec = {"recipe": FW_RECIPE_VERSION, "model": hashlib.sha256(data).hexdigest(), "lib": lib.key, "lib_sha256": lib.sha256,
+            "resource_variables": resource_variables,
             "harness": _harness_hash(), "exporter": _exporter_hash(), "layout": layout, "lang": lang, "machine": machine.to_dict(),
             "arena": ARENA_BYTES, "stack": STACK_BYTES}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -269,28 +306,39 @@ def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolcha
         return _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0) if cache else None
 
     def build(tmp: Path) -> None:
-        meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang)
+        meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang, resource_variables)
         meta.update({"key": key, "spec": spec, "ops": [op.kind for op in ops], "model_bytes": len(data),
                      "build_seconds": round(time.perf_counter() - t0, 3)})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_digests(tmp, SERVED)
 
-    found, _ = build_once(base, key, load, build)
+    found, _, notes = build_once(base, key, load, build, what=f"firmware image of '{where}'", say=say)
+    notes = tuple(lib.notes) + tuple(notes)
     if found is not None:
-        return found
-    img = _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0)
+        return FirmwareImage(**{**found.__dict__, "notes": notes})
+    try:
+        img = _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0)
+    except CacheCorrupt as exc:
+        raise ToolFailure(f"The firmware folder {final} fails its check right after the build: {exc.reason}.",
+                          hint="Something else writes into the cache folder; run again.") from None
     if img is None:
-        raise RuntimeFailure(f"Internal error: the firmware folder {final} is incomplete after the build.")
-    return FirmwareImage(**{**img.__dict__, "cached": False})
+        raise ToolFailure(f"The firmware folder {final} is missing right after the build.",
+                          hint="Something else removes the cache folder; run again.")
+    return FirmwareImage(**{**img.__dict__, "cached": False, "notes": notes})
 
 
 def _load_image(folder: Path, machine, lib, inputs, outputs, key, seconds) -> FirmwareImage | None:
+    """The cached image in ``folder``; None when there is none, CacheCorrupt when it fails its check."""
+    if not folder.exists():
+        return None
+    verify_digests(folder, SERVED)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as exc:
+        raise CacheCorrupt(folder, f"meta.json is unreadable ({type(exc).__name__})") from None
     elf = folder / ELF_NAME
-    if not elf.is_file() or meta.get("key") != key:
-        return None
+    if meta.get("key") != key:
+        raise CacheCorrupt(folder, f"meta.json names key {meta.get('key')!r}, the folder is {key!r}")
     return FirmwareImage(elf=elf, folder=folder, machine=machine, library=lib, text_bytes=meta["size"]["text"],
                          data_bytes=meta["size"]["data"], bss_bytes=int(meta["sections"].get(".bss", 0)),
                          sections=meta["sections"], model_bytes=meta["model_bytes"],
@@ -300,7 +348,7 @@ def _load_image(folder: Path, machine, lib, inputs, outputs, key, seconds) -> Fi
 
 
 def _build_into(d: Path, src: Path, machine: Machine, tree: TflmTree, toolchain: Toolchain, lib: Library,
-                layout: str, lang: str) -> dict:
+                layout: str, lang: str, resource_variables: int = 0) -> dict:
     from workbench.export.tflm_sources import write_tflm_project
 
     proj = d / "project"
@@ -309,12 +357,14 @@ def _build_into(d: Path, src: Path, machine: Machine, tree: TflmTree, toolchain:
     model_src = next((p for p in sorted(src_dir.glob(f"{C_NAME}_model_data.*")) if p.suffix in (".cc", ".cpp", ".c")),
                      None)
     if model_src is None:
-        raise RuntimeFailure(f"write_tflm_project wrote no {C_NAME}_model_data source into {src_dir}.")
+        raise ToolFailure(f"write_tflm_project wrote no {C_NAME}_model_data source into {src_dir}.")
     (d / "wb_model.h").write_text(
         "// Generated by workbench: the exported model the harness runs.\n"
         "#ifndef WB_MODEL_H_\n#define WB_MODEL_H_\n"
         f'#include "{C_NAME}_model_data.h"\n#include "{C_NAME}_op_resolver.h"\n#include "{C_NAME}_model_settings.h"\n'
-        f"#define WB_MODEL_DATA g_{C_NAME}_model_data\n#define WB_MODEL_NS {C_NAME}_model\n#endif\n")
+        f"#define WB_MODEL_DATA g_{C_NAME}_model_data\n#define WB_MODEL_NS {C_NAME}_model\n"
+        "// Resource variables the interpreter holds (the model's VAR_HANDLE ops; 0: none).\n"
+        f"#define WB_RESOURCE_VARIABLES {int(resource_variables)}\n#endif\n")
     ld = (HARNESS_DIR / "wb_firmware.ld.in").read_text()
     for k, v in {"@CODE@": machine.code.ld(), "@RAM@": machine.ram.ld(), "@BIG@": machine.big.ld(),
                  "@STACK_BYTES@": str(STACK_BYTES), "@HEAP_BYTES@": str(HEAP_BYTES)}.items():
@@ -418,7 +468,8 @@ def pack_inputs(inputs, specs: tuple[IoSpec, ...]) -> tuple[bytes, int]:
 def unpack_outputs(raw: bytes, specs: tuple[IoSpec, ...], samples: int) -> list[np.ndarray]:
     per = sum(s.nbytes for s in specs)
     if len(raw) != per * samples:
-        raise RuntimeFailure(f"The firmware wrote {len(raw)} output bytes; expected {samples} samples x {per} bytes.")
+        raise ToolFailure(f"The firmware wrote {len(raw)} output bytes; expected {samples} samples x {per} bytes.",
+                          hint="The harness and the model's I/O disagree; this is a defect of the firmware emulation.")
     outs = [np.empty((samples, *s.shape[1:]) if s.shape and s.shape[0] == 1 else (samples, *s.shape),
                      dtype=s.dtype) for s in specs]
     off = 0

@@ -1,48 +1,63 @@
 """The TensorFlow Lite Micro static library for one core, built once and cached.
 
 Route (chosen by measurement, see the module notes in ``scripts/bench_firmware.py``): TFLM's
-own Makefile, run *out of tree*: the working directory is a fresh build folder, the tree
-is named by ``TENSORFLOW_ROOT`` and every object goes under ``BASE_GENDIR`` inside the build
-folder, so the (possibly read-only) tree is never written and nothing is copied. The
-Makefile keeps its own per-directory optimisation levels (-Os core, -O2 kernels), its
-kernel specialisation (CMSIS-NN sources replacing reference ones) and its download checks;
-compiling a file list ourselves would have to re-derive all of that for every TFLM version.
-A second makefile of ours (``harness/wb_flags.mk``) makes the same Makefile print the exact
-flags and include folders it compiled with, which the firmware build reuses.
+own Makefile, run *out of tree* on a *private copy* of the tree: the working directory is a
+fresh build folder, ``TENSORFLOW_ROOT`` names a copy of the tree made in it
+(:func:`~workbench.emulate.firmware.tree.pristine_copy`) and every object goes under
+``BASE_GENDIR`` inside it. The user's tree (possibly read-only) is never written: TFLM's
+Makefile writes C arrays beside the data files of the tree it parses, which used to change
+the tree's key during the first build. The Makefile keeps its own per-directory optimisation
+levels (-Os core, -O2 kernels), its kernel specialisation (CMSIS-NN sources replacing
+reference ones) and its download checks; compiling a file list ourselves would have to
+re-derive all of that for every TFLM version. A second makefile of ours
+(``harness/wb_flags.mk``) makes the same Makefile print the exact flags and include folders
+it compiles with (which the firmware build reuses) and how many objects it will compile
+(the progress lines say "objects compiled / total" every few seconds on stderr).
 
 Cache: ``<cache>/firmware/lib/<key>/`` with ``libtensorflow-microlite.a``, ``flags.json``,
-``meta.json`` and ``build.log``; ``key`` is a hash of the tree's content key (git commit or
-content hash), the core's TFLM ``TARGET_ARCH``, the kernels, the build type, the compiler
-version and this recipe's version. The library is built in ``.<key>.tmp-<pid>`` beside the
-final folder and renamed into place when complete, under a lock file, so an interrupted
-build leaves nothing half-made and two processes never build the same library twice.
+``meta.json``, ``build.log`` and ``digests.json`` (see :mod:`~workbench.emulate.firmware.cache`:
+a file that fails its digest is never served, the library is rebuilt with a note).
+``key`` = sha256 of {this recipe's version, the tree's ``content_key`` (git commit plus a hash
+of changes to tracked files, or a hash of the sources present before any build, generated
+arrays left out), the core's TFLM ``TARGET_ARCH``, the kernels, the build type, the compiler
+version, ``TARGET=cortex_m_generic``}: nothing a build writes can change it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.core.errors import ConfigError, RuntimeFailure
+from workbench.core.errors import ConfigError, ToolFailure
+from workbench.emulate.firmware.cache import (
+    CacheCorrupt,
+    Say,
+    build_once,
+    stderr_say,
+    verify_digests,
+    write_digests,
+)
 from workbench.emulate.firmware.machines import Machine
 from workbench.emulate.firmware.toolchain import Toolchain
-from workbench.emulate.firmware.tree import MAKEFILE, TflmTree, cache_root
+from workbench.emulate.firmware.tree import MAKEFILE, TflmTree, cache_root, pristine_copy
 
-RECIPE_VERSION = 1  # bump when the make invocation or the flags handling changes
+RECIPE_VERSION = 2  # bump when the make invocation or the flags handling changes (2: private tree copy, digests)
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
 FLAGS_MK = HARNESS_DIR / "wb_flags.mk"
 LIB_NAME = "libtensorflow-microlite.a"
+SERVED = (LIB_NAME, "flags.json", "meta.json")  # the files a cached library folder serves (digested)
 TREE_TOKEN = "${TFLM_ROOT}"
+PROGRESS_SECONDS = 5.0  # how often a running build says how far it is
+DEFAULT_BUILD_TIMEOUT = 3600.0
 
 # kernels option -> TFLM's OPTIMIZED_KERNEL_DIR (None: reference kernels only).
 KERNELS: dict[str, str | None] = {"cmsis-nn": "cmsis_nn", "reference": None}
@@ -61,6 +76,8 @@ class Library:
     meta: dict
     built_now: bool
     seconds: float  # build time when built now, else the time to find it
+    sha256: str = ""  # of the .a, as checked when it was served
+    notes: tuple[str, ...] = ()  # e.g. a cached copy that failed its integrity check and was rebuilt
 
     def includes(self, tree: TflmTree) -> list[str]:
         return [i.replace(TREE_TOKEN, str(tree.root)) for i in self.flags["includes"]]
@@ -84,9 +101,9 @@ def check_options(kernels: str, build_type: str) -> None:
         raise ConfigError(f"Unknown TFLM BUILD_TYPE {build_type!r}; expected one of {', '.join(BUILD_TYPES)}.")
 
 
-def make_args(tree: TflmTree, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain,
+def make_args(root: Path, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain,
               gendir: Path) -> list[str]:
-    args = [f"TENSORFLOW_ROOT={tree.root}/", f"BASE_GENDIR={gendir}", "TARGET=cortex_m_generic",
+    args = [f"TENSORFLOW_ROOT={root}/", f"BASE_GENDIR={gendir}", "TARGET=cortex_m_generic",
             f"TARGET_ARCH={machine.tflm_arch}", f"BUILD_TYPE={build_type}", "TOOLCHAIN=gcc",
             f"TARGET_TOOLCHAIN_ROOT={toolchain.root}"]
     if KERNELS[kernels]:
@@ -103,140 +120,185 @@ def _env() -> dict:
     return env
 
 
-@contextmanager
-def lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def remove_stale(base: Path, key: str) -> None:
-    """Temporary folders of a killed build of ``key`` (only called under the key's lock)."""
-    for old in base.glob(f".{key}.tmp-*"):
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def build_once(base: Path, key: str, load, build):
-    """``(found, made)``: what ``load()`` finds in the cache, else what ``build(tmp)`` returned after
-    building into a temporary folder renamed onto ``base/key``. Under the key's lock, so two
-    processes never build the same thing, and an interrupted build leaves nothing half-made."""
-    found = load()
-    if found is not None:
-        return found, None
-    base.mkdir(parents=True, exist_ok=True)
-    with lock(base / f".{key}.lock"):
-        found = load()  # another process may have built it meanwhile
-        if found is not None:
-            return found, None
-        remove_stale(base, key)
-        tmp = base / f".{key}.tmp-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        try:
-            made = build(tmp)
-            final = base / key
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return None, made
-
-
 def _load(folder: Path, key: str, seconds: float) -> Library | None:
+    """The cached library in ``folder``; None when there is none, CacheCorrupt when it fails its check."""
+    if not folder.exists():
+        return None
+    digests = verify_digests(folder, SERVED)
     try:
         meta = json.loads((folder / "meta.json").read_text())
         flags = json.loads((folder / "flags.json").read_text())
-    except (OSError, ValueError):
-        return None
-    lib = folder / LIB_NAME
-    if not lib.is_file() or meta.get("key") != key:
-        return None
-    return Library(path=lib, folder=folder, key=key, flags=flags, meta=meta, built_now=False, seconds=seconds)
+    except (OSError, ValueError) as exc:
+        raise CacheCorrupt(folder, f"meta.json or flags.json is unreadable ({type(exc).__name__})") from None
+    if meta.get("key") != key:
+        raise CacheCorrupt(folder, f"meta.json names key {meta.get('key')!r}, the folder is {key!r}")
+    return Library(path=folder / LIB_NAME, folder=folder, key=key, flags=flags, meta=meta, built_now=False,
+                   seconds=seconds, sha256=digests[LIB_NAME])
 
 
 def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kernels: str = "cmsis-nn",
-                build_type: str = DEFAULT_BUILD_TYPE, jobs: int | None = None, timeout: float = 3600.0,
-                cache_dir: Path | None = None) -> Library:
-    """The cached library for (tree, core, kernels, build type, compiler), building it if needed."""
+                build_type: str = DEFAULT_BUILD_TYPE, jobs: int | None = None, timeout: float | None = None,
+                cache_dir: Path | None = None, say: Say | None = None) -> Library:
+    """The cached library for (tree, core, kernels, build type, compiler), building it if needed.
+
+    ``say`` receives the progress lines of a build and the notes (default: stderr). A build
+    that fails or times out (``timeout`` seconds, default ``$WORKBENCH_FIRMWARE_BUILD_TIMEOUT``
+    or 3600) raises ToolFailure (exit 4): a tool's failure, not the model's.
+    """
     check_options(kernels, build_type)
+    if timeout is None:
+        timeout = _env_seconds("WORKBENCH_FIRMWARE_BUILD_TIMEOUT", DEFAULT_BUILD_TIMEOUT)
+    say = stderr_say if say is None else say
     t0 = time.perf_counter()
     key = library_key(tree, machine, kernels, build_type, toolchain)
     base = Path(cache_dir) if cache_dir is not None else lib_cache_dir()
     final = base / key
-    found, lib = build_once(base, key, lambda: _load(final, key, time.perf_counter() - t0),
-                            lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key))
+    found, lib, notes = build_once(
+        base, key, lambda: _load(final, key, time.perf_counter() - t0),
+        lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key, say),
+        what=f"TFLM library for {machine.core}", say=say)
     if found is not None:
-        return found
+        return Library(**{**found.__dict__, "notes": tuple(notes)})
     seconds = time.perf_counter() - t0
     return Library(path=final / LIB_NAME, folder=final, key=key, flags=lib["flags"], meta=lib["meta"],
-                   built_now=True, seconds=seconds)
+                   built_now=True, seconds=seconds, sha256=lib["sha256"], notes=tuple(notes))
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"${name} is {raw!r}; expected a number of seconds above 0.", hint=f"Unset it for {default:.0f} s.")
+    return value
 
 
 def _build(tree: TflmTree, machine: Machine, toolchain: Toolchain, kernels: str, build_type: str,
-           jobs: int | None, timeout: float, tmp: Path, key: str) -> dict:
+           jobs: int | None, timeout: float, tmp: Path, key: str, say: Say) -> dict:
     make = shutil.which("make")
     if make is None:
         from workbench.emulate.firmware.toolchain import ToolMissingError
 
         raise ToolMissingError("make", "apt-get install make")
+    root = pristine_copy(tree.root, tmp / "tree")
     gendir = tmp / "gen"
-    args = make_args(tree, machine, kernels, build_type, toolchain, gendir)
+    args = make_args(root, machine, kernels, build_type, toolchain, gendir)
     jobs = jobs or int(os.environ.get("WORKBENCH_FIRMWARE_JOBS", "0")) or os.cpu_count() or 2
-    makefile = str(tree.root / MAKEFILE)
-    t0 = time.perf_counter()
+    makefile = str(root / MAKEFILE)
+    flags = _print_flags(make, makefile, args, root, cwd=tmp)
+    total = int(flags.pop("objects", 0) or 0)
+    built = Path(flags.pop("lib"))
+    what = f"the TFLite Micro library for {machine.core} ({machine.tflm_arch}, {kernels} kernels, {build_type})"
+    say(f"Building {what}: {total} objects, once per core and compiler (cached in {tmp.parent}).")
     log_path = tmp / "build.log"
-    with open(log_path, "w") as log:
-        cmd = [make, "-f", makefile, f"-j{jobs}", *args, "microlite"]
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        try:
-            r = subprocess.run(cmd, check=False, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=_env(), timeout=timeout,
-                               stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise RuntimeFailure(f"Building the TFLM library for {machine.core} did not finish within {timeout:.0f} s.",
-                                 hint="Nothing was kept; run again with a longer timeout.") from None
+    cmd = [make, "-f", makefile, f"-j{jobs}", *args, "microlite"]
+    t0 = time.perf_counter()
+    rc = _run_make(cmd, tmp, log_path, gendir, total, timeout, what, say)
     build_seconds = time.perf_counter() - t0
-    if r.returncode != 0:
+    if rc != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        raise RuntimeFailure(
-            f"TFLM's Makefile failed building the library for {machine.core} ({machine.tflm_arch}, {kernels} kernels, "
-            f"exit {r.returncode}):\n" + "\n".join(tail),
+        raise ToolFailure(
+            f"TFLM's Makefile failed building {what} (exit {rc}):\n" + "\n".join(tail),
             hint="Check that the TFLM tree is complete (its downloads in place), that arm-none-eabi-gcc works, and "
                  "that this Python has numpy and Pillow (TFLM's Makefile runs Python helpers).")
-    flags = _print_flags(make, makefile, args, tree, cwd=tmp)
-    built = Path(flags.pop("lib"))
     if not built.is_file():
-        raise RuntimeFailure(f"TFLM's Makefile finished but wrote no {LIB_NAME} (expected {built}).")
+        raise ToolFailure(f"TFLM's Makefile finished but wrote no {LIB_NAME} (expected {built}).")
     shutil.copy2(built, tmp / LIB_NAME)
     shutil.rmtree(gendir, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"Built {what} in {_clock(build_seconds)}.")
     meta = {"key": key, "recipe": RECIPE_VERSION, "tflm": tree.content_key, "tflm_commit": tree.commit,
             "core": machine.core, "tflm_arch": machine.tflm_arch, "kernels": kernels, "build_type": build_type,
-            "gcc": toolchain.gcc_version, "jobs": jobs, "build_seconds": round(build_seconds, 1),
-            "route": "TFLM Makefile, out of tree (TENSORFLOW_ROOT + BASE_GENDIR)", "made": time.time()}
+            "gcc": toolchain.gcc_version, "jobs": jobs, "objects": total, "build_seconds": round(build_seconds, 1),
+            "route": "TFLM Makefile, out of tree on a private copy of the tree (TENSORFLOW_ROOT + BASE_GENDIR)",
+            "made": time.time()}
     (tmp / "flags.json").write_text(json.dumps(flags, indent=1))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    return {"flags": flags, "meta": meta}
+    digests = write_digests(tmp, SERVED)
+    return {"flags": flags, "meta": meta, "sha256": digests[LIB_NAME]}
 
 
-def _print_flags(make: str, makefile: str, args: list[str], tree: TflmTree, cwd: Path) -> dict:
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def count_objects(gendir: Path) -> int:
+    """Object files the build has written so far."""
+    n = 0
+    for _dirpath, _dirnames, filenames in os.walk(gendir):
+        n += sum(1 for f in filenames if f.endswith(".o"))
+    return n
+
+
+def _run_make(cmd: list[str], cwd: Path, log_path: Path, gendir: Path, total: int, timeout: float, what: str,
+              say: Say) -> int:
+    """Run make in its own process group, saying "objects compiled / total" every PROGRESS_SECONDS;
+    the whole group is killed on a timeout (ToolFailure) or an interrupt."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=_env(), stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            last_said, last_count = t0, -1
+            while True:
+                try:
+                    return proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.perf_counter()
+                if now - t0 > timeout:
+                    _kill_group(proc)
+                    raise ToolFailure(f"Building {what} did not finish within {timeout:.0f} s "
+                                      f"({count_objects(gendir)} of {total} objects compiled); the build was stopped.",
+                                      hint="Nothing was kept. Allow more seconds with WORKBENCH_FIRMWARE_BUILD_TIMEOUT "
+                                           "(or more parallel jobs with WORKBENCH_FIRMWARE_JOBS) and run again.")
+                if now - last_said >= PROGRESS_SECONDS:
+                    done = count_objects(gendir)
+                    if done != last_count or now - last_said >= 6 * PROGRESS_SECONDS:
+                        say(f"  {what}: {done}/{total} objects compiled, {_clock(now - t0)}")
+                        last_count = done
+                    last_said = now
+        except BaseException:
+            _kill_group(proc)
+            raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    proc.wait()
+
+
+def _print_flags(make: str, makefile: str, args: list[str], root: Path, cwd: Path) -> dict:
     cmd = [make, "-s", "-f", makefile, "-f", str(FLAGS_MK), *args, "wb_print_flags"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300, cwd=cwd, stdin=subprocess.DEVNULL)
+    try:
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300, cwd=cwd,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ToolFailure("Reading the compile flags from TFLM's Makefile did not finish within 300 s.") from None
     vals = {}
     for line in r.stdout.splitlines():
         if line.startswith("WB_") and "=" in line:
             k, v = line[3:].split("=", 1)
             vals[k] = v
     if r.returncode != 0 or "CXXFLAGS" not in vals:
-        raise RuntimeFailure(f"Could not read the compile flags from TFLM's Makefile: {(r.stderr or r.stdout)[-500:]}")
-    root = str(tree.root)
+        raise ToolFailure(f"Could not read the compile flags from TFLM's Makefile: {(r.stderr or r.stdout)[-500:]}")
+    root_s = str(root)
     gendir = vals.get("GENDIR", "")
 
     def tokens(s: str) -> list[str]:
-        return [t for t in shlex.split(s) if t != "-MD"]
+        return [t.replace(root_s, TREE_TOKEN, 1) if t.startswith(("-I" + root_s, root_s)) else t
+                for t in shlex.split(s) if t != "-MD"]
 
     includes = []
     for t in shlex.split(vals.get("INCLUDES", "")):
@@ -244,9 +306,10 @@ def _print_flags(make: str, makefile: str, args: list[str], tree: TflmTree, cwd:
         if path in (".", "") or (gendir and path.startswith(gendir.rstrip("/"))):
             continue  # the build folder's own generated sources: not needed by the harness
         path = path.rstrip("/") if path.rstrip("/") else path
-        tok = path.replace(root, TREE_TOKEN, 1) if path.startswith(root) else path
+        tok = path.replace(root_s, TREE_TOKEN, 1) if path.startswith(root_s) else path
         if tok not in includes:
             includes.append(tok)
     return {"cxxflags": tokens(vals["CXXFLAGS"]), "ccflags": tokens(vals.get("CCFLAGS", "")), "includes": includes,
             "ldflags": tokens(vals.get("LDFLAGS", "")), "libs": tokens(vals.get("MICROLITE_LIBS", "")),
-            "lib": vals.get("LIB", "")}
+            "lib": vals.get("LIB", ""), "objects": vals.get("OBJECTS", "0")}
+

@@ -4,6 +4,11 @@
 -semihosting-config enable=on,target=native -icount shift=0 -kernel fw.elf`` in a temporary
 folder holding ``input.bin``; the firmware writes ``output.bin`` and ``report.txt`` there
 through semihosting. All samples run in one QEMU process.
+
+Two kinds of failure: the firmware itself reporting a fault or a TFLM error (RuntimeFailure,
+naming the phase, the op and TFLM's messages: what TFLM on a board would do with this model),
+and QEMU timing out or stopping without any report (ToolFailure, exit 4: the emulation failed,
+which says nothing about the model).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.core.errors import RuntimeFailure
+from workbench.core.errors import RuntimeFailure, ToolFailure
 from workbench.emulate.firmware.machines import Machine
 
 
@@ -77,9 +82,21 @@ def run_elf(qemu: str | os.PathLike, machine: Machine, elf: str | os.PathLike, i
         output = (work / "output.bin").read_bytes() if (work / "output.bin").exists() else b""
     status = values.get("status")
     if timed_out or status != "ok" or rc != 0:
-        raise RuntimeFailure(_failure_message(what, machine, values, logs, rc, stderr, timed_out, timeout),
-                             hint=_failure_hint(values, logs, timed_out))
+        message = _failure_message(what, machine, values, logs, rc, stderr, timed_out, timeout)
+        hint = _failure_hint(values, logs, timed_out)
+        if timed_out or not ("fault" in values or "error" in values):  # the emulation failed, not the model
+            raise ToolFailure(message, hint=hint)
+        err = RuntimeFailure(message, hint=hint)
+        err.tflm_node = tflm_failed_node(logs)
+        raise err
     return RunResult(values=values, ops=ops, logs=logs, output=output, seconds=seconds, returncode=rc)
+
+
+def tflm_failed_node(logs: list) -> dict | None:
+    """The node TFLM names in its own message ("Node SQRT (number 246) failed to invoke ...")."""
+    from workbench.runtimes.tflm_child import parse_failed_node
+
+    return parse_failed_node(" ".join(logs))
 
 
 def _failure_message(what, machine: Machine, values: dict, logs: list, rc: int, stderr: str, timed_out: bool,

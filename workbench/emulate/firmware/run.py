@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.core.errors import RuntimeFailure, UnsupportedError
+from workbench.core.errors import ToolFailure, UnsupportedError
 from workbench.emulate.firmware import cpi as cpi_mod
 from workbench.emulate.firmware.build import (
     FirmwareImage,
@@ -69,6 +69,7 @@ class FirmwareReport:
     tflm: str  # the TFLM tree's content key
     toolchain: str
     ops: tuple = ()
+    notes: tuple = ()  # e.g. a cached library or image that failed its integrity check and was rebuilt
 
     def to_dict(self) -> dict:
         """JSON-safe values (the outputs array is left out)."""
@@ -87,11 +88,11 @@ def _check_timer(values: dict, machine) -> None:
     """The harness times a loop of known length at boot: the machine's ticks -> instructions factor must hold."""
     n, ticks = values.get("calib_instructions"), values.get("calib_ticks")
     if not isinstance(n, int) or not isinstance(ticks, int) or ticks <= 0:
-        raise RuntimeFailure(f"The firmware on {machine.qemu_machine} reported no timer calibration; its timer at "
-                             f"0x{machine.timer_base:08X} may not be running.")
+        raise ToolFailure(f"The firmware on {machine.qemu_machine} reported no timer calibration; its timer at "
+                          f"0x{machine.timer_base:08X} may not be running.")
     measured = n / ticks
     if abs(measured / machine.instructions_per_tick - 1) > 0.01:
-        raise RuntimeFailure(
+        raise ToolFailure(
             f"The timer of QEMU {machine.qemu_machine} ticks every {measured:.2f} instructions under -icount shift=0; "
             f"the machine table says {machine.instructions_per_tick} ({machine.timer_hz} Hz). Instruction counts "
             "would be wrong.", hint="Fix timer_hz for this core in workbench/emulate/firmware/machines.py.")
@@ -105,7 +106,7 @@ def _arena_plan(used: int) -> int:
 
 def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str = "cmsis-nn",
                  build_type: str = DEFAULT_BUILD_TYPE, timeout: float = DEFAULT_TIMEOUT, layout: str = "plain",
-                 lang: str = "cpp", jobs: int | None = None, cache: bool = True) -> FirmwareReport:
+                 lang: str = "cpp", jobs: int | None = None, cache: bool = True, say=None) -> FirmwareReport:
     """Build ``model_path``'s firmware for ``target``'s core and run it on QEMU.
 
     ``inputs``: an array (N, *input shape) in the model's input dtype (float values for a
@@ -114,7 +115,12 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     run in one QEMU process. Raises UnsupportedError when the target's core has no emulated
     machine or the model has an op the TFLM tree lacks, ToolMissingError (exit 3) for a
     missing toolchain or QEMU, ConfigError (exit 2) for a missing or bad TFLM tree,
-    RuntimeFailure naming the phase and op when the firmware crashes, aborts or hangs.
+    RuntimeFailure naming the phase and op when the firmware crashes or TFLM fails in it,
+    ImageOverflow when the image does not fit the emulated machine, and ToolFailure (exit 4)
+    when a tool fails (a build that fails or times out, a link error, QEMU timing out or
+    stopping without a report): never a verdict on the model. ``say`` receives progress lines
+    and notes (default: stderr); a cached library or image that fails its integrity check is
+    rebuilt, and the report's ``notes`` say so.
     """
     t = _load_target(target)
     if getattr(t, "kind", "mcu") != "mcu":
@@ -122,9 +128,10 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     machine = machine_for_core(t.core)
     toolchain = find_toolchain()
     tree = find_tree(tflm_dir)
-    lib = get_library(tree, machine, toolchain, kernels=kernels, build_type=build_type, jobs=jobs)
+    lib = get_library(tree, machine, toolchain, kernels=kernels, build_type=build_type, jobs=jobs, say=say)
     t0 = time.perf_counter()
-    img: FirmwareImage = build_image(model_path, machine, tree, toolchain, lib, layout=layout, lang=lang, cache=cache)
+    img: FirmwareImage = build_image(model_path, machine, tree, toolchain, lib, layout=layout, lang=lang, cache=cache,
+                                     say=say)
     build_seconds = time.perf_counter() - t0
     arrays = deterministic_inputs(img.inputs, 1) if inputs is None else inputs
     buf, n = pack_inputs(arrays, img.inputs)
@@ -155,4 +162,4 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
         outputs=outs[0] if len(outs) == 1 else tuple(outs), build_seconds=round(build_seconds, 3),
         run_seconds=round(res.seconds, 3), library_key=lib.key, library_built=lib.built_now,
         library_seconds=round(lib.seconds, 1), firmware_key=img.key, firmware_cached=img.cached,
-        tflm=tree.content_key, toolchain=toolchain.gcc_version, ops=img.ops)
+        tflm=tree.content_key, toolchain=toolchain.gcc_version, ops=img.ops, notes=img.notes)

@@ -6,8 +6,16 @@ Order of precedence: an explicit directory (``--tflm-dir``), the environment var
 
 A tree is accepted when TFLM's Makefile, ``micro_interpreter.h`` and the third-party
 downloads a Cortex-M build needs (flatbuffers, gemmlowp, ruy, CMSIS, CMSIS-NN) are in
-place. The tree is only ever read: the library is built out of tree (see
-:mod:`workbench.emulate.firmware.library`).
+place. The tree is only ever read: the library is built from a private copy of it (see
+:func:`pristine_copy` and :mod:`workbench.emulate.firmware.library`).
+
+The tree's version (``content_key``, part of every library cache key) must not change when
+a build runs in it: TFLM's Makefile writes a C array (``<name>_model_data.cc/.h`` and the
+like, by ``tools/generate_cc_arrays.py``) beside every model, image, sound and test-data
+file of its examples and integration tests while it parses (834 files at the pinned
+commit). A git checkout is named by its commit and its changes to tracked files (those
+arrays are untracked); a tree without ``.git`` by a hash of its sources that leaves those
+generated arrays out (:func:`is_generated`), so the key before and after any build is the same.
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ REQUIRED = {
 # What the content hash covers when the tree has no .git (the tree's sources and downloads).
 HASHED_DIRS = ("tensorflow/lite", "signal", "third_party", DOWNLOADS)
 HASHED_SUFFIXES = (".cc", ".c", ".h", ".hpp", ".S", ".s", ".inc", ".py", ".sh", ".mk", ".patch", ".ld", "Makefile")
+# Folders no build input lives in (VCS data, build output, Python's byte-code caches).
+SKIPPED_DIRS = (".git", "gen", "__pycache__")
+# What TFLM's generate_cc_arrays.py appends to a data file's name for the C array it writes beside it.
+GENERATED_ARRAYS = {"_model_data": (".tflite",), "_image_data": (".bmp",), "_audio_data": (".wav",),
+                    "_test_data": (".csv", ".npy")}
 
 
 @dataclass(frozen=True)
@@ -131,8 +144,22 @@ def _tree_version(root: str) -> tuple[str | None, str]:
     return None, f"content:{content_hash(r)}"
 
 
+def is_generated(path: Path) -> bool:
+    """True for a C array TFLM's Makefile writes beside a data file while it parses
+    (``person_detect_model_data.cc`` beside ``person_detect.tflite``): build output, not a source."""
+    if path.suffix not in (".cc", ".h"):
+        return False
+    stem = path.stem
+    for tail, data_suffixes in GENERATED_ARRAYS.items():
+        if stem.endswith(tail) and len(stem) > len(tail):
+            base = path.with_name(stem[: -len(tail)])
+            return any(base.with_name(base.name + suffix).is_file() for suffix in data_suffixes)
+    return False
+
+
 def content_hash(root: Path) -> str:
-    """sha256 over (relative path, bytes) of every source file under HASHED_DIRS, in sorted order.
+    """sha256 over (relative path, bytes) of every source file under HASHED_DIRS, in sorted order,
+    leaving out what a build writes into the tree (:func:`is_generated`, SKIPPED_DIRS).
 
     About 45 MB for TFLM with its downloads: a fraction of a second; memoized per process.
     """
@@ -142,8 +169,9 @@ def content_hash(root: Path) -> str:
         base = root / d
         if base.is_dir():
             for dirpath, dirnames, filenames in os.walk(base):
-                dirnames[:] = sorted(x for x in dirnames if x not in (".git", "gen"))
-                files += [Path(dirpath) / f for f in filenames if f.endswith(HASHED_SUFFIXES)]
+                dirnames[:] = sorted(x for x in dirnames if x not in SKIPPED_DIRS)
+                files += [Path(dirpath) / f for f in filenames
+                          if f.endswith(HASHED_SUFFIXES) and not is_generated(Path(dirpath) / f)]
     for p in sorted(set(files)):
         rel = p.relative_to(root).as_posix()
         h.update(rel.encode() + b"\0")
@@ -153,6 +181,28 @@ def content_hash(root: Path) -> str:
             h.update(b"<unreadable>")
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def pristine_copy(root: Path, dest: Path) -> Path:
+    """A writable copy of the tree at ``dest`` without what builds wrote into it (SKIPPED_DIRS,
+    generated arrays): the library is built there, so no build ever writes into the user's tree
+    (which may be read-only) or changes its key. About 45 MB, a fraction of a second."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [x for x in dirnames if x not in SKIPPED_DIRS]
+        rel = Path(dirpath).relative_to(root)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            src = Path(dirpath) / name
+            if is_generated(src):
+                continue
+            out = dest / rel / name
+            if src.is_symlink():
+                out.symlink_to(os.readlink(src))
+                continue
+            shutil.copyfile(src, out)
+            os.chmod(out, (src.stat().st_mode & 0o777) | 0o200)  # keep the scripts' execute bits, make it writable
+    return dest
 
 
 # --------------------------------------------------------------------------- setup (clone into the cache)

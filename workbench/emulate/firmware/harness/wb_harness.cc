@@ -10,8 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tensorflow/lite/micro/micro_allocator.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_profiler_interface.h"
+#include "tensorflow/lite/micro/micro_resource_variable.h"
 #include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "wb_model.h"
@@ -26,6 +28,9 @@
 #endif
 #ifndef WB_MAX_EVENTS
 #define WB_MAX_EVENTS 2048
+#endif
+#ifndef WB_RESOURCE_VARIABLES  // the model's VAR_HANDLE ops (wb_model.h); streaming models keep state in them
+#define WB_RESOURCE_VARIABLES 0
 #endif
 
 namespace {
@@ -169,7 +174,17 @@ extern "C" int wb_main(void) {
   if (WB_MODEL_NS::RegisterOps(op_resolver) != kTfLiteOk) return Fail("RegisterOps failed");
 
   TickProfiler profiler;
-  tflite::MicroInterpreter interpreter(model, op_resolver, g_arena, sizeof(g_arena), nullptr, &profiler);
+  // The allocator is made here (as the interpreter would make it) so that the resource variables of
+  // a stateful model (VAR_HANDLE / ASSIGN_VARIABLE / READ_VARIABLE) live in the same arena.
+  tflite::MicroAllocator* allocator = tflite::MicroAllocator::Create(g_arena, sizeof(g_arena));
+  if (allocator == nullptr) return Fail("MicroAllocator::Create failed");
+  tflite::MicroResourceVariables* resource_variables = nullptr;
+#if WB_RESOURCE_VARIABLES > 0
+  resource_variables = tflite::MicroResourceVariables::Create(allocator, WB_RESOURCE_VARIABLES);
+  if (resource_variables == nullptr) return Fail("MicroResourceVariables::Create failed");
+#endif
+  Key("resource_variables", WB_RESOURCE_VARIABLES);
+  tflite::MicroInterpreter interpreter(model, op_resolver, allocator, resource_variables, &profiler);
 
   Phase(WB_PHASE_ALLOCATE);
   const uint32_t t0 = Ticks();
