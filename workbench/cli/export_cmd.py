@@ -22,6 +22,9 @@ def quant_options(f):
     f = click.option("--metric", type=click.Choice(METRIC_CHOICES), default="auto", show_default=True,
                      help="Task metric for --eval: top1, top5, auc, mse, mae, psnr (auto: top1 for class labels, auc for 0/1 "
                           "labels on a score or an autoencoder, mse for targets); sqnr/cosine: fidelity only.")(f)
+    f = click.option("--eval-output", "eval_output", metavar="NAME",
+                     help="--eval of a model with several outputs: the one the task metric is computed on (a name or its "
+                          "position, 0 first; default: the first). Every output's SQNR, cosine and max-abs error are reported.")(f)
     f = click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
                      help="Keep this layer (its output tensor name, see debug-quant; a regex for a .tflite input) in float. Repeatable.")(f)
     f = click.option("--eval-samples", type=int, default=1000, show_default=True, help="Samples used by --eval.")(f)
@@ -66,7 +69,7 @@ def tflm_options(f):
 OWN_WARNING = "/workbench/"  # show our own warnings; third-party ones stay in --debug territory
 
 
-def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="auto"):
+def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="auto", eval_output=None):
     from workbench import api
 
     with warnings.catch_warnings(record=True) as caught:
@@ -87,7 +90,7 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
                               **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
             try:
                 if eval_data is not None:
-                    art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric).to_dict())
+                    art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric, output=eval_output).to_dict())
                 art.write_manifest()
             except BaseException:
                 art.path.unlink(missing_ok=True)  # the command failed: leave nothing behind
@@ -116,7 +119,9 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
     if "sqnr_db" in m:
         argmax = f"argmax {m['argmax_agreement']:.2%}, " if m.get("argmax_agreement") is not None else ""
         click.echo(f"agreement: {argmax}SQNR {m['sqnr_db']:.1f} dB, cosine {m['cosine']:.5f}, "
-                   f"max abs error {m['max_abs_error']:.4g}")
+                   f"max abs error {m['max_abs_error']:.4g}" + (f" (output '{m['output']}')" if len(m.get("outputs", ())) > 1 else ""))
+        for o in m.get("outputs", ()) if len(m.get("outputs", ())) > 1 else ():
+            click.echo(f"  output '{o['name']}': SQNR {o['sqnr_db']:.1f} dB, cosine {o['cosine']:.5f}, max abs error {o['max_abs_error']:.4g}")
     c = m.get("compression")
     if c:
         click.echo(f"compressed ({c['max_bits']}-bit LUT): {c['bytes_before']:,} -> {c['bytes_after']:,} B, "
@@ -159,7 +164,7 @@ def _dispatch(model, fmt, out, scheme, kw):
     tflm = {k: kw[k] for k in TFLM_KEYS}
     tflm["strip"] = strip_level(kw["strip"], kw["strip_tflm_only"])
     _run(model, fmt, out, scheme, lo, {k: kw[k] for k in QUANT_KEYS}, tflm, kw["overwrite"], kw["as_json"],
-         metric=kw["metric"])
+         metric=kw["metric"], eval_output=kw["eval_output"])
 
 
 def shared_options(f):

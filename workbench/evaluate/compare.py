@@ -104,18 +104,53 @@ def predict(runner: Runner, data: Dataset, name: str = "the model") -> np.ndarra
     return runner.predict(x)
 
 
-def compare_runners(ref: Runner, cand: Runner, data: Dataset, ref_name: str = "reference", cand_name: str = "candidate",
-                    metric: str | None = None) -> Comparison:
-    y_ref = predict(ref, data, ref_name)
-    y_cand = predict(cand, data, cand_name)
-    if y_ref.shape != y_cand.shape:
-        from workbench.core.errors import DataError
+def fidelity(ref: np.ndarray, cand: np.ndarray) -> dict:
+    """SQNR, cosine and max abs error of one output, and its range loss per slice along the last axis."""
+    from workbench.evaluate.outputs import range_loss
 
-        raise DataError(f"The two models give outputs of different shapes: {ref_name} {y_ref.shape[1:]}, {cand_name} {y_cand.shape[1:]}.",
-                        hint="Compare models that compute the same function.")
-    return Comparison(reference=ref_name, candidate=cand_name, data=data.name, metrics=agreement(y_ref, y_cand, data.y, _inputs(ref, data, ref_name), metric),
-                      reference_runtime=ref.info(), candidate_runtime=cand.info(),
-                      warnings=tuple(degenerate_reference(y_ref)))
+    return {"sqnr_db": sqnr_db(ref, cand), "cosine": cosine(ref, cand),
+            "max_abs_error": float(np.max(np.abs(np.asarray(ref, np.float64) - cand))) if np.size(ref) else 0.0,
+            "range_loss": range_loss(ref, cand)}
+
+
+def compare_runners(ref: Runner, cand: Runner, data: Dataset, ref_name: str = "reference", cand_name: str = "candidate",
+                    metric: str | None = None, output: str | None = None) -> Comparison:
+    """Every output of both runners, paired by name (by position when the names do not pair up, with a
+    warning); ``output`` (a name or a position) picks the one the task metric and the top-level
+    fidelity numbers are about, the first of the reference by default. ``metrics["outputs"]`` holds
+    each output's SQNR, cosine, max abs error and range loss per slice."""
+    from workbench.evaluate.outputs import range_warnings
+    from workbench.runtimes.pairing import check_shapes, pair_outputs, select
+
+    names_ref, names_cand = _output_names(ref), _output_names(cand)
+    if output:  # a name neither side has fails before both models run
+        select(pair_outputs(names_ref, names_cand, max(1, len(names_ref)), max(1, len(names_cand)))[0], output)
+    x_ref, x_cand = _inputs(ref, data, ref_name), _inputs(cand, data, cand_name)
+    ys_ref, ys_cand = _predict_all(ref, x_ref), _predict_all(cand, x_cand)
+    pairs, how, warnings = pair_outputs(names_ref, names_cand, len(ys_ref), len(ys_cand))
+    check_shapes(pairs, ys_ref, ys_cand, ref_name, cand_name, how)
+    main = select(pairs, output)
+    per_output = []
+    for p in pairs:
+        y_ref, y_cand = ys_ref[p.ref_index], ys_cand[p.cand_index]
+        m = {"name": p.name, "candidate_name": p.candidate_name, "shape": list(y_ref.shape[1:]), **fidelity(y_ref, y_cand)}
+        if p is main:
+            metrics = agreement(y_ref, y_cand, data.y, x_ref, metric)
+        per_output.append(m)
+        warnings += [(f"Output '{p.name}': " if len(pairs) > 1 else "") + w for w in degenerate_reference(y_ref)]
+        warnings += range_warnings(p.name, m["range_loss"], y_ref)
+    metrics.update({"output": main.name, "pairing": how, "outputs": per_output})
+    return Comparison(reference=ref_name, candidate=cand_name, data=data.name, metrics=metrics,
+                      reference_runtime=ref.info(), candidate_runtime=cand.info(), warnings=tuple(warnings))
+
+
+def _predict_all(runner, x: np.ndarray) -> list[np.ndarray]:
+    """Every output; a runner with only ``predict`` (the interface before multi-output) gives its first."""
+    return runner.predict_all(x) if hasattr(runner, "predict_all") else [runner.predict(x)]
+
+
+def _output_names(runner) -> tuple[tuple[str, ...], ...]:
+    return runner.output_names() if hasattr(runner, "output_names") else (("output_0",),)
 
 
 def _inputs(runner: Runner, data: Dataset, name: str) -> np.ndarray:
@@ -131,9 +166,10 @@ def accuracy(runner: Runner, data: Dataset, name: str = "the model") -> float | 
 
 def evaluate_models(reference, candidate, data, *, samples: int | None = 1000, seed: int = 0, split: str = "test",
                     load_options=None, reference_runtime: str | None = None,
-                    candidate_runtime: str | None = None, metric: str | None = None) -> Comparison:
+                    candidate_runtime: str | None = None, metric: str | None = None, output: str | None = None) -> Comparison:
     """Run both models (paths or ModelHandles) in their real runtimes on the same samples and compare.
-    ``metric``: a name from :data:`workbench.evaluate.metrics.METRICS` (None or "auto": the default for the outputs)."""
+    ``metric``: a name from :data:`workbench.evaluate.metrics.METRICS` (None or "auto": the default for the outputs);
+    ``output``: the output the task metric is about (see :func:`compare_runners`)."""
     from workbench.data import as_dataset
     from workbench.frontends import ModelHandle, load
     from workbench.runtimes import open_runner
@@ -142,4 +178,4 @@ def evaluate_models(reference, candidate, data, *, samples: int | None = 1000, s
     ref = reference if isinstance(reference, ModelHandle) else load(reference, load_options)
     cand = candidate if isinstance(candidate, ModelHandle) else load(candidate)
     return compare_runners(open_runner(ref, reference_runtime), open_runner(cand, candidate_runtime), ds,
-                           ref_name=str(ref.path), cand_name=str(cand.path), metric=metric)
+                           ref_name=str(ref.path), cand_name=str(cand.path), metric=metric, output=output)

@@ -150,22 +150,27 @@ def check_written(job: ExportJob) -> dict | None:
     what = f"The {scheme} .tflite written from '{job.handle.path}'"
     x = parity.parity_inputs(job.handle.inputs[0].shape, job.calib)
     try:
-        cand = parity.run_model(job.out, x)
+        cand_all = parity.run_outputs(job.out, x)
     except WorkbenchError as exc:
         raise RuntimeFailure(f"{what} does not run in LiteRT: {exc.message}",
                              hint="Try another --scheme, or keep the failing layer in float with --keep-float.") from exc
-    ref = parity.run_model(job.handle, x)
+    ref_all = parity.run_outputs(job.handle, x)  # the converter reorders outputs: paired by name
     tol = {"float": parity.FLOAT, "fp16": parity.FP16}.get(scheme)
     if tol is not None:
-        return parity.check(ref, cand, what, tol)
+        return parity.check_all(ref_all, cand_all, what, tol)
+    for _, ref, cand in parity.paired(ref_all, cand_all)[0]:
+        _refuse_non_finite(ref, cand, what, len(x))
+    return parity.measure_all(ref_all, cand_all)
+
+
+def _refuse_non_finite(ref: np.ndarray, cand: np.ndarray, what: str, samples: int) -> None:
     finite_ref = np.isfinite(np.asarray(ref, dtype=np.float64)).reshape(len(ref), -1).all(axis=1)
     finite_cand = np.isfinite(np.asarray(cand, dtype=np.float64)).reshape(len(cand), -1).all(axis=1)
     if np.any(finite_ref & ~finite_cand):
         raise RuntimeFailure(f"{what} gives non-finite outputs (inf or nan) on {int(np.sum(finite_ref & ~finite_cand))} "
-                             f"of {len(x)} samples where the Keras model's are finite.",
+                             f"of {samples} samples where the Keras model's are finite.",
                              hint="Keep the layer that overflows in float with --keep-float; workbench debug-quant "
                                   "compares the model layer by layer.")
-    return parity.measure(ref, cand)
 
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")

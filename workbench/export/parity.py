@@ -73,6 +73,60 @@ def check(ref: np.ndarray, cand: np.ndarray, what: str, tol: Tolerance = FLOAT) 
     return m
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """Every output of one model on the parity samples, with the names each goes by (see
+    :meth:`workbench.runtimes.base.Runner.output_names`): converters reorder outputs, not their names."""
+
+    names: tuple[tuple[str, ...], ...]
+    arrays: tuple[np.ndarray, ...]
+
+
+def run_outputs(handle_or_path, x: np.ndarray, runtime: str | None = None) -> Outputs:
+    """Every float output of a model (a handle or a file) in its natural runtime."""
+    from workbench.runtimes import open_runner
+
+    runner = open_runner(handle_or_path, runtime)
+    try:
+        return Outputs(tuple(runner.output_names()), tuple(runner.predict_all(x)))
+    finally:
+        runner.close()
+
+
+def paired(ref: Outputs, cand: Outputs) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
+    """(name, reference output, candidate output) for every pair, paired by name (see
+    :mod:`workbench.runtimes.pairing`), and how they were paired."""
+    from workbench.runtimes.pairing import pair_outputs
+
+    pairs, how, _ = pair_outputs(ref.names, cand.names, len(ref.arrays), len(cand.arrays))
+    return [(p.name, ref.arrays[p.ref_index], cand.arrays[p.cand_index]) for p in pairs], how
+
+
+def check_all(ref: Outputs, cand: Outputs, what: str, tol: Tolerance = FLOAT) -> dict:
+    """:func:`check` on every output, paired by name; the numbers of the worst output, and each one's."""
+    pairs, how = paired(ref, cand)
+    if len(pairs) == 1:
+        return check(pairs[0][1], pairs[0][2], what, tol)
+    why = "" if how == "name" else " (paired by position: the names do not match)"
+    each = {name: check(r, c, f"{what}, output '{name}'{why}", tol) for name, r, c in pairs}
+    return {**max(each.values(), key=lambda m: m["max_abs_error"]), "outputs": each, "pairing": how}
+
+
+def measure_all(ref: Outputs, cand: Outputs) -> dict:
+    """:func:`measure` on every output, paired by name; the numbers of the worst output, and each one's."""
+    pairs, how = paired(ref, cand)
+    for name, r, c in pairs:
+        if np.shape(r) != np.shape(c):
+            raise ParityError(f"The converted model's output '{name}' has the shape {np.shape(c)[1:]}, the source's "
+                              f"{np.shape(r)[1:]}" + ("" if how == "name" else " (outputs paired by position: the names "
+                                                      "do not match)") + ".",
+                              hint="This is a converter defect; please report it with the model.")
+    each = {name: measure(r, c) for name, r, c in pairs}
+    if len(each) == 1:
+        return next(iter(each.values()))
+    return {**max(each.values(), key=lambda m: m["max_abs_error"]), "outputs": each, "pairing": how}
+
+
 def run_model(handle_or_path, x: np.ndarray, runtime: str | None = None) -> np.ndarray:
     """Float outputs of a model (a handle or a file) in its natural runtime, one sample at a time."""
     from workbench.runtimes import open_runner

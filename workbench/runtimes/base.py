@@ -28,6 +28,11 @@ class Runner:
     def _run(self, x: np.ndarray) -> np.ndarray:  # raw in, raw first output
         raise NotImplementedError
 
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Raw in, every raw output in ``outputs`` order. A runner that can only fetch its first output
+        keeps this default, and ``predict_all`` then gives that one."""
+        return [self._run(x)]
+
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Float outputs (first output) for float samples ``x``."""
         bs = batch_size or self.batch_size or len(x)
@@ -37,6 +42,24 @@ class Runner:
             xb = quantize_input(np.asarray(x[i : i + bs]), spec_in)
             outs.append(dequantize_output(self._run(xb), self.outputs[0]))
         return np.concatenate(outs)
+
+    def predict_all(self, x: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+        """Float outputs of every output the runner can fetch (``outputs`` order) for float samples ``x``."""
+        bs = batch_size or self.batch_size or len(x)
+        chunks: list[list[np.ndarray]] = []
+        spec_in = self.inputs[0]
+        for i in range(0, len(x), bs):
+            xb = quantize_input(np.asarray(x[i : i + bs]), spec_in)
+            specs = self.outputs
+            chunks.append([dequantize_output(y, specs[k]) if k < len(specs) else np.asarray(y, dtype=np.float32)
+                           for k, y in enumerate(self._run_all(xb))])
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def output_names(self) -> tuple[tuple[str, ...], ...]:
+        """For each output ``predict_all`` gives, the names it goes by (first: the one to show). Outputs are
+        paired by these names across runtimes: a converter may reorder a model's outputs but keeps
+        its signature names (``output_0``, a Keras layer's name, a SavedModel key)."""
+        return tuple((s.name,) for s in self.outputs)
 
     def info(self) -> dict:
         return {"runtime": self.name}

@@ -27,10 +27,17 @@ class TorchRunner(Runner):
             self.batch_size = handle.inputs[0].shape[0] or 1  # traced graphs are specialised to their batch size
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._run_all(x)[0]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         with self.torch.no_grad():
             y = self.model(self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        y = y[0] if isinstance(y, (tuple, list)) else y
-        return y.numpy()
+        ys = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (tuple, list)) else [y]
+        return [t.numpy() for t in ys]
+
+    def output_names(self) -> tuple[tuple[str, ...], ...]:
+        # output_<i>: the position in what forward() returns, which litert-torch keeps as the signature's keys
+        return tuple(tuple(dict.fromkeys((f"output_{i}", s.name))) for i, s in enumerate(self.outputs))
 
     def info(self) -> dict:
         return {"runtime": "torch", "version": self.torch.__version__}
@@ -48,15 +55,27 @@ class KerasRunner(Runner):
         self.inputs, self.outputs = handle.inputs, handle.outputs
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._run_all(x)[0]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         if self.handle.format == "savedmodel":
             sig = self.model.signatures["serving_default"]
             import tensorflow as tf
 
             out = sig(**{self.inputs[0].name: tf.constant(x, dtype=tf.float32)})
-            return np.asarray(out[self.outputs[0].name])
+            return [np.asarray(out[o.name]) for o in self.outputs]
         y = self.model(x, training=False)
-        y = y[0] if isinstance(y, (tuple, list)) else y
-        return np.asarray(y)
+        ys = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (tuple, list)) else [y]
+        return [np.asarray(t) for t in ys]
+
+    def output_names(self) -> tuple[tuple[str, ...], ...]:
+        """A SavedModel: its signature keys. A Keras model: the output layer's name, then ``output_<i>`` (the
+        keys TFLiteConverter and ``model.export`` give its outputs), then the tensor's name."""
+        if self.handle.format == "savedmodel":
+            return tuple((o.name,) for o in self.outputs)
+        layers = list(getattr(self.model, "output_names", None) or ())
+        return tuple(tuple(dict.fromkeys(((layers[i],) if i < len(layers) else ()) + (f"output_{i}", s.name)))
+                     for i, s in enumerate(self.outputs))
 
     def info(self) -> dict:
         return {"runtime": "keras", "version": self.handle.meta.get("keras_version")}

@@ -67,15 +67,26 @@ class LiteRTRunner(Runner):
         self.outputs = tuple(_spec(d) for d in self._out)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        outs = []
+        return self._run_all(x, first_only=True)[0]
+
+    def _run_all(self, x: np.ndarray, first_only: bool = False) -> list[np.ndarray]:
+        wanted = self._out[:1] if first_only else self._out
+        outs: list[list[np.ndarray]] = [[] for _ in wanted]
         for sample in x:
             self.interp.set_tensor(self._in[0]["index"], sample[None].astype(self._in[0]["dtype"], copy=False))
             try:
                 self.interp.invoke()
             except RuntimeError as exc:
                 raise RuntimeFailure(f"LiteRT failed to run '{self.handle.path}': {exc}") from None
-            outs.append(self.interp.get_tensor(self._out[0]["index"]))
-        return np.concatenate(outs)
+            for k, d in enumerate(wanted):
+                outs[k].append(self.interp.get_tensor(d["index"]))
+        return [np.concatenate(o) for o in outs]
+
+    def output_names(self) -> tuple[tuple[str, ...], ...]:
+        """The signature's output key (``output_0``, a Keras layer's name) first, then the tensor's name: the
+        converter may order the subgraph's outputs differently from the signature."""
+        keys = signature_outputs(self.interp)
+        return tuple(((keys[d["index"]],) if d["index"] in keys else ()) + (d["name"],) for d in self._out)
 
     def invoke_raw(self, sample: np.ndarray) -> None:
         self.interp.set_tensor(self._in[0]["index"], sample)
@@ -83,6 +94,18 @@ class LiteRTRunner(Runner):
 
     def info(self) -> dict:
         return {"runtime": "litert", "module": self.module_name, "kernels": self.kernels, "threads": self.threads}
+
+
+def signature_outputs(interp) -> dict[int, str]:
+    """Tensor index -> output key of the model's only signature ({} without one, or with several)."""
+    try:
+        sigs = interp.get_signature_list()
+        if len(sigs) != 1:
+            return {}
+        details = interp.get_signature_runner(next(iter(sigs))).get_output_details()
+    except (ValueError, RuntimeError, AttributeError):  # a runtime without signature runners
+        return {}
+    return {int(d["index"]): str(key) for key, d in details.items()}
 
 
 def _spec(d: dict):

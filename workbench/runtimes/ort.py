@@ -47,8 +47,11 @@ class OrtRunner(Runner):
         self.outputs = tuple(spec_from(o.name, [d if isinstance(d, int) else None for d in o.shape], ORT_TYPES.get(o.type, "float32")) for o in outs)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._run_all(x)[0]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         try:
-            return self.sess.run(None, {self._name: x})[0]
+            return list(self.sess.run(None, {self._name: x}))
         except Exception as exc:
             raise RuntimeFailure(f"ONNX Runtime failed to run '{self.handle.path}': {str(exc).strip().splitlines()[0]}") from None
 

@@ -57,8 +57,16 @@ class Tf1SessionRunner(Runner):
         return {o.name: np.asarray(v) for o, v in zip(self.outputs, values)}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._run_all(x)[0]
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         first = self.inputs[0]
-        return self.run_all({first.name: x.astype(first.dtype, copy=False)})[self.outputs[0].name]
+        by_name = self.run_all({first.name: x.astype(first.dtype, copy=False)})
+        return [by_name[o.name] for o in self.outputs]
+
+    def output_names(self) -> tuple[tuple[str, ...], ...]:
+        # a graph's output node "scores" is the tensor "scores:0", the name a converted .tflite keeps
+        return tuple((o.name, f"{o.name}:0") for o in self.outputs)
 
     def info(self) -> dict:
         return {"runtime": self.name, "version": self.tf.__version__}
