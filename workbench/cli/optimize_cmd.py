@@ -39,7 +39,8 @@ def optimize_cmd(model, target_name, max_latency_ms, max_ram, max_flash, max_dro
                  calib_samples, prune_ratios, prune_epochs, budget_minutes, seed, jobs, executor, out, trust_model, factory, input_shape, as_json):
     """Find the variant of MODEL that fits the target's budgets, with every candidate measured.
 
-    Candidates, cheapest first: int8 (per-channel, per-tensor, a larger calibration set),
+    Candidates, cheapest first: int8 (per-channel, per-tensor, a larger calibration set when
+    the calibration data holds more samples than --calib-samples),
     int16x8, fp16 and dynamic where the target's runtime runs them, and on an MCU int8
     stripped of what TFLite Micro never reads; int8 with its worst layers kept in float
     when int8 loses too much accuracy; with --train, clustering + LUT compression when int8
@@ -88,7 +89,7 @@ def optimize_cmd(model, target_name, max_latency_ms, max_ram, max_flash, max_dro
                     ", ".join(c["broken_budgets"] or []) or ("-" if c["broken_budgets"] is not None else f"not built: {c['error']}")]
 
         click.echo(table([fmt(c) for c in doc["candidates"]], ["variant", "stage", "loss pp", "latency ms", "RAM", "flash", "breaks"]))
-        click.echo("\nPareto front (loss, latency, RAM): " + ", ".join(c["variant"] for c in doc["pareto"]))
+        click.echo("\nPareto front (loss, latency, RAM, flash): " + ", ".join(c["variant"] for c in doc["pareto"]))
         for s in doc["skipped"]:
             click.echo(f"skipped: {s}")
         click.echo(f"{doc['measured_candidates']} measured, {doc['cached_candidates']} from the cache, {doc['seconds']:.0f} s")

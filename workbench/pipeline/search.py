@@ -6,8 +6,9 @@ target's own runtime, the firmware's kernels on an MCU, when the target can run 
 RAM and latency from ``emulate`` (the firmware where it can be built). The search goes in
 stages, cheapest first, and each stage is planned from what the previous ones measured:
 
-1. ``ptq``: int8 per-channel (the usual best), then per-tensor, a larger calibration set,
-   int16x8, and fp16/dynamic where the target's runtime runs them. A scheme is skipped when
+1. ``ptq``: int8 per-channel (the usual best), then per-tensor, a larger calibration set (up to
+   4x, only when the calibration data holds more samples than int8 used: otherwise it would be
+   the same model measured twice), int16x8, and fp16/dynamic where the target's runtime runs them. A scheme is skipped when
    the int8 variant already breaks a memory budget it cannot improve on (fp16 and int16x8
    are never smaller than int8; float is bigger still).
    On an MCU, int8 with what TFLite Micro never reads stripped from the deployed model.
@@ -82,6 +83,7 @@ class Candidate:
     stage: str
     row: dict | None = None  # the tflite row on the target, once measured
     error: str | None = None
+    calib_samples: int | None = None  # calibration samples, when not the search's own number
 
     @property
     def measured(self) -> bool:
@@ -125,21 +127,27 @@ def violations(row: dict, budgets: Budgets) -> dict:
     return out
 
 
+PARETO = ("drop_pp", "latency_ms", "ram_bytes", "flash_bytes")  # the criteria, all lower is better
+
+
+def _point(row: dict) -> tuple:
+    return (drop_pp(row) or 0.0, *(row.get(k) if row.get(k) is not None else math.inf for k in PARETO[1:]))
+
+
 def pareto_front(cands: list[Candidate]) -> list[Candidate]:
-    """Candidates no other candidate beats on every one of accuracy loss, latency and RAM."""
-    pts = [(c, (drop_pp(c.row) or 0.0, c.row.get("latency_ms") or math.inf, c.row.get("ram_bytes") or math.inf))
-           for c in cands if c.measured and c.row.get("fits") is not False]
+    """Candidates no other candidate beats on every one of accuracy loss, latency, RAM and flash."""
+    pts = [(c, _point(c.row)) for c in cands if c.measured and c.row.get("fits") is not False]
     front = []
     for c, p in pts:
-        if not any(all(q[i] <= p[i] for i in range(3)) and q != p for _, q in pts):
+        if not any(all(a <= b for a, b in zip(q, p)) and q != p for _, q in pts):
             front.append(c)
-    return sorted(front, key=lambda c: (drop_pp(c.row) or 0.0, c.row.get("latency_ms") or math.inf))
+    return sorted(front, key=lambda c: _point(c.row))
 
 
 def _rank(c: Candidate, budgets: Budgets):
-    """Order of preference: within every budget first, then the smallest accuracy loss, then latency."""
+    """Order of preference: within every budget first, then the smallest accuracy loss, then latency, RAM, flash."""
     v = violations(c.row, budgets)
-    return (bool(v), sum(min(x, 1e6) for x in v.values()), drop_pp(c.row) or 0.0, c.row.get("latency_ms") or math.inf)
+    return (bool(v), sum(min(x, 1e6) for x in v.values()), *_point(c.row))
 
 
 class Search:
@@ -219,8 +227,10 @@ class Search:
         self.run([Candidate(base, "ptq")])
         int8 = self.by_name("int8")
         memory_broken = int8.measured and any(k in violations(int8.row, c.budgets) for k in ("max_ram_bytes", "max_flash_bytes"))
-        more = [Candidate(replace(base, name="int8-per-tensor", per_channel=False), "ptq"),
-                Candidate(replace(base, name=f"int8-calib{4 * c.calib_samples}"), "ptq")]
+        more = [Candidate(replace(base, name="int8-per-tensor", per_channel=False), "ptq")]
+        larger = self.larger_calibration()
+        if larger:
+            more.append(Candidate(replace(base, name=f"int8-calib{larger}"), "ptq", calib_samples=larger))
         bigger = [("int16x8", "int16x8")] + ([("fp16", "fp16"), ("dynamic", "dynamic")] if self.runtime == "litert" else [])
         for name, scheme in bigger:
             if memory_broken:
@@ -236,7 +246,22 @@ class Search:
             more.remove(m)
         self.run(more)
         if calib_cands:
-            self._run_with_calib(calib_cands[0], 4 * c.calib_samples)
+            self._run_with_calib(calib_cands[0], calib_cands[0].calib_samples)
+
+    def larger_calibration(self) -> int | None:
+        """Up to 4x the calibration samples, when the data holds more than int8 used; else None, with a note."""
+        from workbench.data import open_data
+
+        c = self.cfg
+        available = len(open_data(c.calib, split="train"))
+        used = min(c.calib_samples, available)
+        larger = min(4 * c.calib_samples, available)
+        if larger <= used:
+            self.skipped.append(f"ptq: int8 with a larger calibration set (the calibration data '{c.calib}' holds "
+                                f"{available} samples and int8 already calibrates on {used}: it would be the same model "
+                                "measured twice)")
+            return None
+        return larger
 
     def _run_with_calib(self, cand: Candidate, samples: int) -> None:
         saved = self.cfg
@@ -245,6 +270,14 @@ class Search:
             self.run([cand])
         finally:
             self.cfg = saved
+        int8 = self.by_name("int8")
+        if cand.measured and int8 is not None and int8.measured and _same_file(self._artifact(int8), self._artifact(cand)):
+            self.cands.remove(cand)  # e.g. min/max ranges the extra samples did not widen
+            self.skipped.append(f"ptq: {cand.variant.name} (built the same model as int8, byte for byte: the larger "
+                                "calibration set changed no quantization range)")
+
+    def _artifact(self, c: Candidate) -> Path:
+        return self.out / "runs" / self.cfg.model.name / c.variant.name / c.row["artifact"]
 
     def stage_mixed(self) -> None:
         int8 = self.by_name("int8")
@@ -349,8 +382,16 @@ def to_doc(res: SearchResult, cfg: SearchConfig) -> dict:
     return {"schema": "workbench.optimize/1", "model": str(cfg.model.path), "target": cfg.target,
             "budgets": cfg.budgets.given(), "chosen": cand(res.chosen) if res.chosen else None,
             "pareto": [cand(c) for c in res.pareto], "closest": [cand(c) for c in closest],
-            "candidates": [cand(c) for c in res.candidates], "skipped": res.skipped, "seconds": res.seconds,
+            "pareto_criteria": list(PARETO), "candidates": [cand(c) for c in res.candidates], "skipped": res.skipped,
+            "seconds": res.seconds,
             "cached_candidates": res.cached, "measured_candidates": res.measured}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def _publish(res: SearchResult, s: Search, out: Path) -> None:
@@ -370,8 +411,8 @@ def _publish(res: SearchResult, s: Search, out: Path) -> None:
     v = {k: val for k, val in res.chosen.variant.to_dict().items() if val not in (None, [], ())}
     data = {"calib": c.calib, "eval": c.eval, "eval_samples": c.eval_samples, "calib_samples": c.calib_samples,
             "eval_on_target": True, **({"train": c.train} if c.train else {})}
-    if res.chosen.variant.name.startswith("int8-calib"):
-        data["calib_samples"] = 4 * c.calib_samples
+    if res.chosen.calib_samples:
+        data["calib_samples"] = res.chosen.calib_samples
     model = {"name": c.model.name, "path": str(Path(c.model.path).resolve())}
     if c.model.factory:
         model["factory"] = c.model.factory
