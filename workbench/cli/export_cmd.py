@@ -86,15 +86,20 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
 
                 eval_data = open_data(qopts["eval_data"], split="test", limit=qopts["eval_samples"], seed=qopts["seed"])
                 fit_to_input(eval_data.x, handle.inputs[0].shape, handle.inputs[0].layout, eval_data.name, f"'{model}'")
-            art = api.convert(handle, fmt, out, scheme=scheme, overwrite=overwrite, write_manifest=False,
-                              **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
-            try:
+            from dataclasses import replace
+            from pathlib import Path
+
+            from workbench.core.files import check_output
+            from workbench.export.artifact import staged
+
+            check_output(out, overwrite)
+            with staged(out) as tmp:  # the old model and manifest stay until the new pair is complete (eval included)
+                art = api.convert(handle, fmt, tmp, scheme=scheme, overwrite=True, write_manifest=False,
+                                  **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
                 if eval_data is not None:
                     art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric, output=eval_output).to_dict())
                 art.write_manifest()
-            except BaseException:
-                art.path.unlink(missing_ok=True)  # the command failed: leave nothing behind
-                raise
+            art = replace(art, path=Path(out))
     notes = [str(w.message) for w in caught if OWN_WARNING in w.filename.replace("\\", "/")]
     manifest = art.manifest()
     if as_json:
