@@ -45,13 +45,13 @@ def range_loss(ref: np.ndarray, cand: np.ndarray) -> dict:
     """Per slice along the last axis: reference and candidate range, 8-bit grid levels of the reference
     range filled by the reference and distinct levels kept by the candidate, SQNR; the collapsed and
     coarse slices (see the module docstring)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    cand = np.asarray(cand, dtype=np.float64)
+    ref, cand = np.asarray(ref), np.asarray(cand)
     channels = ref.shape[-1] if ref.ndim > 1 else 1
     r, c = ref.reshape(-1, channels), cand.reshape(-1, channels)
     if len(r) > MAX_ROWS:
         step = -(-len(r) // MAX_ROWS)
         r, c = r[::step], c[::step]
+    r, c = r.astype(np.float64), c.astype(np.float64)
     if not r.size:
         return {"axis": -1, "channels": channels, "collapsed": [], "coarse": []}
     lo, hi = r.min(axis=0), r.max(axis=0)
