@@ -366,7 +366,7 @@ def _deployed(src: Path, data: bytes, level: str, compress_bits: int | None = No
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an existing output unless --overwrite, and never replace a folder we did not write."""
-    check_output(out, overwrite)
+    check_output(out, overwrite, folder=True)
     if out.is_dir() and any(out.iterdir()):
         import json
 
