@@ -434,3 +434,69 @@ def test_benchmark_takes_onnx(labelled):
     assert all("error" not in row and row["latency_ms"] > 0 for row in rows.values()), rows
     assert rows["onnxruntime (as given)"]["accuracy"] == 1.0
     assert rows["onnxruntime int8"]["argmax_agreement"] >= 0.8
+
+
+CLS_MACS = 16 * 8 * 8 * 27 + 4 * 16  # the classifier's conv and Gemm
+
+
+def test_emulate_onnx_on_a_linux_board(labelled):
+    src, data = labelled
+    r = _cli("emulate", src, "--target", "raspberry-pi-4", "--eval", data, "--json")
+    assert r.exit_code == 0, r.output  # was: "emulate works on .tflite models ... export --format tflite"
+    d = json.loads(r.output)
+    assert d["runtime"]["name"] == "ort" and d["runtime"]["module"] == "onnxruntime"
+    assert d["fits"] is True and d["ram_bytes"] > 10 * 2**20  # a whole Python process holding ONNX Runtime
+    assert d["macs"] == CLS_MACS and {o["kind"] for o in d["ops"]} >= {"Conv", "Gemm"}
+    assert d["accuracy"]["metric"] == "top1" and d["accuracy"]["accuracy"] == 1.0  # run in ONNX Runtime, labels from its own float outputs
+    text = _cli("emulate", src, "--target", "raspberry-pi-4").output
+    assert "ort+mlas" in text and "with ONNX Runtime" in text and "not calibrated" in text
+
+
+def test_emulate_qdq_onnx_costs_its_ops_as_int8(labelled, tmp_path):
+    src, data = labelled
+    q = tmp_path / "q.onnx"
+    assert _cli("quantize", src, "--scheme", "int8", "--calib", data, "--format", "onnx", "-o", q).exit_code == 0
+    d = json.loads(_cli("emulate", q, "--target", "raspberry-pi-4", "--json").output)
+    kinds = {o["kind"]: o for o in d["ops"]}
+    assert "QuantizeLinear" not in kinds and "DequantizeLinear" not in kinds
+    assert kinds["Conv"]["dtype"] == "int8" and d["macs"] == CLS_MACS
+    f = json.loads(_cli("emulate", src, "--target", "raspberry-pi-4", "--json").output)
+    conv = lambda rep: next(o for o in rep["ops"] if o["kind"] == "Conv")["latency_ms"]
+    assert conv(d) < conv(f)  # the board's int8 row, not its float row
+
+
+def test_emulate_ort_file_on_a_linux_board(labelled, tmp_path):
+    src, _ = labelled
+    r = _cli("emulate", _to_ort(src, tmp_path / "cls.ort"), "--target", "raspberry-pi-5", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["macs"] == CLS_MACS
+
+
+def test_emulate_onnx_on_an_mcu_is_refused_with_the_way_out(labelled):
+    r = _cli("emulate", labelled[0], "--target", "stm32h743")
+    assert r.exit_code == 2 and "TensorFlow Lite Micro" in r.output and "Linux board" in r.output, r.output
+
+
+def test_emulate_onnx_with_dynamic_dims(tmp_path):
+    r = _cli("emulate", _paddle_like(tmp_path / "p.onnx"), "--target", "raspberry-pi-4")
+    assert r.exit_code == 2 and "make_dynamic_shape_fixed" in r.output, r.output
+    from onnx import helper
+
+    batch = _model(tmp_path / "b.onnx", [helper.make_node("Relu", ["x"], ["y"])], [], [_vi("x", ["N", 3, 8, 8])],
+                   [_vi("y", ["N", 3, 8, 8])])
+    assert _cli("emulate", batch, "--target", "raspberry-pi-4").exit_code == 0  # a dynamic batch alone is 1
+
+
+def test_emulate_onnx_op_without_a_cpu_kernel_is_a_verdict(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("ImageDecoder", ["x"], ["y"], name="decode")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.UINT8, [100])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 9
+    import onnx
+
+    onnx.save(m, str(tmp_path / "dec.onnx"))
+    r = _cli("emulate", tmp_path / "dec.onnx", "--target", "raspberry-pi-4")
+    assert r.exit_code == 1 and "no CPU kernel for the ImageDecoder node 'decode'" in r.output, r.output

@@ -45,11 +45,17 @@ OP_CLASSES = {
     "CONV_3D": "conv",
     "AVERAGE_POOL_2D": "pool",
     "MAX_POOL_2D": "pool",
+    # ONNX op types (.onnx/.ort on Linux boards); a Conv whose groups equal its channels is depthwise (op_class)
+    "Conv": "conv", "ConvTranspose": "conv", "Gemm": "fully_connected", "MatMul": "fully_connected",
+    "AveragePool": "pool", "MaxPool": "pool",
 }
 
 # Ops XNNPACK splits across threads.
 PARALLEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV",
-                          "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN"})
+                          "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN",
+                          "Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "MaxPool", "GlobalAveragePool"})
+# Runtimes that split PARALLEL_OPS across threads (XNNPACK in LiteRT, MLAS in ONNX Runtime).
+MULTI_THREADED = ("litert", "ort")
 
 DTYPE_ROWS = {"int8": "int8", "uint8": "int8", "int16": "int16", "float32": "float32", "float16": "float32",
               "bfloat16": "float32", "float64": "float32"}
@@ -118,12 +124,21 @@ def speedup(threads: int, efficiency: float) -> float:
     return 1.0 + max(0, threads - 1) * efficiency
 
 
+def op_class(graph: Graph, op: Op) -> str:
+    """The op's class for ``class_factors``: an ONNX Conv whose every group reads one input channel is depthwise."""
+    if op.kind == "Conv" and int(op.options.get("group", 1) or 1) > 1:
+        w = graph.tensor(op.inputs[1]) if len(op.inputs) > 1 else None
+        if w is not None and w.shape and len(w.shape) > 1 and w.shape[1] == 1:  # one input channel per group
+            return "depthwise"
+    return OP_CLASSES.get(op.kind, "")
+
+
 def op_cycles(graph: Graph, op: Op, target: Target, threads: int, delegated: bool | None = None) -> float:
     cm = target.cost
     row = cm.dtype(dtype_row(graph.op_dtype(op)))
-    factor = cm.class_factors.get(OP_CLASSES.get(op.kind, ""), 1.0)
+    factor = cm.class_factors.get(op_class(graph, op), 1.0)
     work = factor * row.cycles_per_mac * graph.macs(op) + row.cycles_per_byte * activation_bytes(graph, op)
-    if op.kind in PARALLEL_OPS and target.runtime.name == "litert" and delegated is not False:
+    if op.kind in PARALLEL_OPS and target.runtime.name in MULTI_THREADED and delegated is not False:
         work /= speedup(threads, cm.parallel_efficiency)
     cycles = cm.op_overhead_cycles + work
     if delegated is False:

@@ -65,15 +65,21 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     tgt = load_target(target)
     path = check_input_file(model_path)
     handle = load(path)
-    if handle.format != "tflite":
-        raise UnsupportedError(f"emulate works on .tflite models; '{path}' is {handle.format}.",
-                               hint="Export it first: workbench export MODEL --format tflite -o model.tflite")
+    onnx_graph = None
+    if handle.format in ("onnx", "ort"):  # ONNX Runtime on a Linux board (workbench.emulate.ort_board)
+        from workbench.emulate.ort_board import onnx_target
+
+        tgt, onnx_graph = onnx_target(handle, tgt)
+    elif handle.format != "tflite":
+        raise UnsupportedError(f"emulate works on .tflite models, and on .onnx/.ort models for Linux boards; '{path}' is "
+                               f"{handle.format}.", hint="Export it first: workbench export MODEL --format tflite -o model.tflite "
+                                                         "(or --format onnx for a Linux board)")
     if tgt.npu is not None:  # a board with an NPU: its compiler's estimate (workbench.emulate.npu)
         from workbench.emulate.npu import emulate_on_npu
 
         return emulate_on_npu(path, handle, tgt, threads=threads, eval_data=eval_data, reference=reference,
                               eval_samples=eval_samples, metric=metric, timeout=max(timeout, 300.0))
-    graph = handle.meta["graph"]
+    graph = handle.meta["graph"] if onnx_graph is None else onnx_graph
     n_threads = 1 if tgt.runtime.name == "tflm" else max(1, min(threads or tgt.threads, tgt.cores))
     context: dict = {"timeout": timeout, "threads": n_threads}
     if tgt.runtime.name == "litert":
@@ -102,6 +108,10 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
         lm = context["litert"]
         runtime_info.update({"module": lm.get("module"), "version": lm.get("version"),
                              "delegated_ops": len(lm.get("delegated") or []), "xnnpack_partitions": lm.get("partitions")})
+    elif tgt.runtime.name == "ort":
+        from workbench.emulate.ort_board import runtime_info as ort_runtime_info
+
+        runtime_info.update(ort_runtime_info(context))
     if eval_data is not None and support.supported and accuracy is None:
         accuracy = _accuracy(handle, tgt, n_threads, eval_data, reference, eval_samples, metric=metric)
     return TargetReport(target=tgt, model=str(path), model_bytes=path.stat().st_size, model_sha256=sha256_file(path),

@@ -203,7 +203,7 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
             lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (arena {m.arena_bytes:,} B exact + runtime {human_bytes(t.runtime.ram_overhead_bytes)}; "
                          f"{human_bytes(m.ram_budget)}, margin {human_bytes(m.ram_margin)})")
         else:
-            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (peak resident memory with LiteRT, measured; "
+            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (peak resident memory with {'ONNX Runtime' if t.runtime.name == 'ort' else 'LiteRT'}, measured; "
                          f"{human_bytes(m.ram_budget)} available, margin {human_bytes(m.ram_margin)})")
     fw = report.firmware
     if report.npu is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from workbench.core.errors import ConfigError, InputFileError
 
 KINDS = ("mcu", "linux")
-RUNTIMES = ("tflm", "litert")
+RUNTIMES = ("tflm", "litert", "ort")  # ort: a Linux board running an .onnx model (workbench.emulate.ort_board)
 DTYPE_KEYS = ("int8", "int16", "float32")
 
 

@@ -106,12 +106,13 @@ def run_shapes(path: Path, graph: Graph, first_shape: tuple | None) -> tuple[Gra
             sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
             feeds, why = input_feeds(sess, first_shape)
             if feeds is None:
-                return graph, {"ran": False, "reason": why}
+                return graph, {"ran": False, "reason": why, "cause": "input_shape"}
             values = sess.run(None, feeds)
             out_names = [o.name for o in sess.get_outputs()]
     except Exception as exc:  # onnxruntime raises its own types; the static shapes still stand
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        return graph, {"ran": False, "reason": f"ONNX Runtime could not run it: {(lines[0] if lines else type(exc).__name__)[:300]}"}
+        return graph, {"ran": False, "reason": f"ONNX Runtime could not run it: {(lines[0] if lines else type(exc).__name__)[:300]}",
+                       "cause": "runtime"}
     found = {n: v for n, v in zip(out_names, values) if isinstance(v, np.ndarray)}
     tensors = tuple(replace(t, shape=tuple(int(d) for d in found[t.name].shape), dtype=found[t.name].dtype.name)
                     if t.name in found and not t.const else t for t in graph.tensors)
