@@ -500,3 +500,9 @@ def test_emulate_onnx_op_without_a_cpu_kernel_is_a_verdict(tmp_path):
     onnx.save(m, str(tmp_path / "dec.onnx"))
     r = _cli("emulate", tmp_path / "dec.onnx", "--target", "raspberry-pi-4")
     assert r.exit_code == 1 and "no CPU kernel for the ImageDecoder node 'decode'" in r.output, r.output
+
+
+def test_inspect_input_shape_a_fixed_model_refuses_is_said_to_be_unused(tmp_path):
+    r = _cli("inspect", _paddle_like(tmp_path / "p.onnx", dynamic=False), "--input-shape", "1,3,32,32")
+    assert r.exit_code == 0, r.output
+    assert "--input-shape was not used" in r.output and f"MACs per inference: {CONV_MACS + DECONV_MACS:,}" in r.output

@@ -31,6 +31,8 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
     if run.get("ran"):
         given = ", ".join(f"{k} {v}" for k, v in run["inputs"].items())
         click.echo(f"shapes: from one {run['runtime']} run on zeros of {given}")
+    elif run and not partial:
+        click.echo(f"shapes: as the file records them; --input-shape was not used ({run['reason']})")
     if partial:
         why = f" (could not run it to find them: {run['reason']})" if run.get("reason") else ""
         click.echo(f"partial: MACs of {', '.join(f'{k} x{v}' for k, v in partial['ops'].items())} are unknown{why}. "
