@@ -45,8 +45,8 @@ def test_cli_sparsity_out_of_range_exits_2(tmp_path, digits_torch_path):
 
 
 def test_impossible_combinations_are_refused():
-    with pytest.raises(ConfigError, match="polynomial"):
-        PruneConfig(method="channel", schedule="polynomial")
+    with pytest.raises(ConfigError, match="distill"):  # channel + polynomial is now gradual channel pruning
+        PruneConfig(method="magnitude", distill=True)
     with pytest.raises(ConfigError, match="criterion"):
         PruneConfig(method="magnitude", criterion="bn-gamma")
     with pytest.raises(ConfigError, match="batch-size"):

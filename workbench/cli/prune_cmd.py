@@ -98,19 +98,27 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
               help="Fraction of weights (magnitude) or of channels per prunable group (channel) to remove, in (0, 1).")
 @click.option("--method", type=click.Choice(["magnitude", "channel"]), default="magnitude", show_default=True,
               help="magnitude: unstructured zeros (only gzip shrinks); channel: removes filters (smaller, faster).")
-@click.option("--schedule", type=click.Choice(["constant", "polynomial"]), default="constant", show_default=True,
-              help="Magnitude pruning: full sparsity from the start, or rising to it over 75% of the steps.")
+@click.option("--schedule", type=click.Choice(["constant", "polynomial"]),
+              help="constant: full sparsity from the start; polynomial: rising to it over 75% of the steps (magnitude) "
+              "or, masking channels, over 50% (channel). Default: constant for magnitude, polynomial for channel.")
 @click.option("--criterion", type=click.Choice(["l1", "bn-gamma"]), default="l1", show_default=True,
               help="Channel ranking: filter L1 norm, or the following batch norm's |gamma|.")
-@click.option("--frequency", type=int, metavar="STEPS", help="Steps between mask updates (magnitude). Default: 4 per epoch.")
+@click.option("--frequency", type=int, metavar="STEPS", help="Steps between mask updates. Default: 4 per epoch.")
+@click.option("--distill/--no-distill", default=False, show_default=True,
+              help="Channel: also learn from the unpruned model's outputs (knowledge distillation).")
+@click.option("--lr-restart/--no-lr-restart", default=True, show_default=True,
+              help="Channel, polynomial: restart the learning-rate schedule when the final sparsity is reached.")
+@click.option("--patience", type=int, default=2, show_default=True,
+              help="Channel: stop after this many epochs without a better accuracy on 10% of --train held out for it, "
+              "and keep the best epoch (0: train every epoch, keep the last).")
 @click.option("--calib-samples", type=int, default=200, show_default=True, help="Calibration samples for the int8 .tflite.")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 .tflite export, size and latency measurement.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Pruned model: same format as MODEL (.pt2 for PyTorch channel pruning).")
 @overwrite_option
 @json_option
 def prune_cmd(model, trust_model, factory, input_shape, train_data, val_data, epochs, lr, lr_schedule, batch_size, seed, loss, step,
-              train_samples, resume, sparsity, method, schedule, criterion, frequency, calib_samples, no_int8, output,
-              overwrite, as_json):
+              train_samples, resume, sparsity, method, schedule, criterion, frequency, distill, lr_restart, patience,
+              calib_samples, no_int8, output, overwrite, as_json):
     """Prune MODEL, fine-tune it on --train and report what changed, layer by layer and on the device.
 
     \b
@@ -128,7 +136,8 @@ def prune_cmd(model, trust_model, factory, input_shape, train_data, val_data, ep
 
     cfg = PruneConfig(method=method, sparsity=sparsity, schedule=schedule, criterion=criterion, frequency=frequency,
                       train=train_config(epochs, lr, lr_schedule, batch_size, seed, loss, step, train_samples),
-                      calib_samples=calib_samples)
+                      calib_samples=calib_samples, distill=distill, lr_restart=lr_restart,
+                      patience=patience if patience else None)
     run_with_progress(prune, "fine-tuning", as_json, render, model, output, cfg, train_data, val_data,
                       load_options=load_options(trust_model, factory, input_shape), overwrite=overwrite, resume=resume,
                       measure_int8=not no_int8)
@@ -145,7 +154,9 @@ def _num(v) -> str:
 def render(d: dict) -> None:
     c = d["config"]
     click.echo(f"{d['model']} -> {d['output']}: {c['method']} pruning to {c['sparsity']:.0%}"
-               + (f" ({c['schedule']} schedule)" if c["method"] == "magnitude" else f" (ranked by {c['criterion']})"))
+               + (f" ({c['schedule']} schedule)" if c["method"] == "magnitude" else
+                  f" (ranked by {c['criterion']}, {'gradual' if c['schedule'] == 'polynomial' else 'one-shot'}"
+                  + (", distilled" if c.get("distill") else "") + ")"))
     t = d["training"]
     data = d["data"]
     click.echo(f"fine-tuned {t['epochs']} epochs ({t['steps']} steps, {t['seconds']} s) on {data['train_samples']} samples "
@@ -193,6 +204,16 @@ def render(d: dict) -> None:
     for side, x in (("before", bi), ("after", ai)):
         if "error" in x:
             click.echo(f"{side}: {x['error']}", err=True)
+    ft = d.get("fine_tuning") or {}
+    if t.get("history"):
+        click.echo()
+        click.echo(table([[h["epoch"], f"{h['loss']:.4f}", _pct(h.get("channel_sparsity")), acc(h.get("holdout_accuracy")),
+                           acc(h.get("val_accuracy"))] for h in t["history"]],
+                         ["epoch", "loss", "channels masked", "accuracy (holdout)", "accuracy (val)"]))
+    es = ft.get("early_stopping") or {}
+    if es.get("best_epoch"):
+        click.echo(f"kept epoch {es['best_epoch']} (best on {ft['holdout_samples']} training samples held out"
+                   + (f"; stopped after epoch {es['stopped_after_epoch']}" if es.get("stopped_after_epoch") else "") + ")")
     for g in d.get("channel_groups", []):
         if not g.get("pruned") and g.get("reason"):
             click.echo(f"kept all {g['channels']} channels of {', '.join(g['layers'])}: {g['reason']}")

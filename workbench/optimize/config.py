@@ -20,6 +20,12 @@ ON_UNSUPPORTED = ("float", "error")
 # A polynomial schedule reaches its final sparsity after this fraction of the fine-tuning
 # steps; the remaining steps let the network recover at the final sparsity.
 POLYNOMIAL_RAMP = 0.75
+# Gradual channel pruning masks channels over the first half of the steps; the learning rate
+# restarts there and decays again over the second half, at the final channel count.
+CHANNEL_RAMP = 0.5
+# Knowledge distillation from the unpruned model: loss = (1 - a) * CE(labels) + a * T^2 * KL(teacher || student) at T.
+DISTILL_ALPHA = 0.5
+DISTILL_TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -66,16 +72,29 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     """``sparsity`` is the fraction of weights set to zero (magnitude) or of channels removed
-    from every prunable channel group (channel)."""
+    from every prunable channel group (channel).
+
+    ``schedule`` (None: ``constant`` for magnitude, ``polynomial`` for channel): channel pruning
+    with ``polynomial`` masks the least important channels gradually over the first
+    :data:`CHANNEL_RAMP` of the steps (re-ranked on the current weights at every update), restarts
+    the learning rate there (``lr_restart``) and removes the masked channels at the end;
+    ``constant`` removes them all before fine-tuning. ``distill``: the loss also follows the
+    unpruned model's outputs. ``patience``: early stopping on ``holdout`` of the training data
+    (not the validation data), keeping the best epoch at the final sparsity; None trains every epoch.
+    ``distill``, ``lr_restart``, ``patience`` and ``holdout`` apply to channel pruning."""
 
     method: str = "magnitude"
     sparsity: float = 0.5
-    schedule: str = "constant"
+    schedule: str | None = None
     criterion: str = "l1"
-    frequency: int | None = None  # steps between mask updates (magnitude); None: four times per epoch
+    frequency: int | None = None  # steps between mask updates; None: four times per epoch
     train: TrainConfig = field(default_factory=TrainConfig)
     calib_samples: int = 200  # for the int8 .tflite the report measures
     latency_runs: int = 300
+    distill: bool = False
+    lr_restart: bool = True
+    patience: int | None = 2
+    holdout: float = 0.1
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -83,13 +102,20 @@ class PruneConfig:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity!r}.",
                               hint="0.5 removes half of the weights (magnitude) or half of the channels (channel).")
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", "polynomial" if self.method == "channel" else "constant")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Unknown schedule '{self.schedule}'. Valid: {', '.join(SCHEDULES)}.")
         if self.criterion not in CRITERIA:
             raise ConfigError(f"Unknown criterion '{self.criterion}'. Valid: {', '.join(CRITERIA)}.")
-        if self.method == "channel" and self.schedule != "constant":
-            raise ConfigError("--schedule polynomial applies to magnitude pruning; channel pruning removes the channels "
-                              "once, then fine-tunes.", hint="Use --schedule constant with --method channel.")
+        if self.method == "magnitude" and self.distill:
+            raise ConfigError("--distill applies to channel pruning; magnitude pruning trains on the labels.",
+                              hint="Use it with --method channel.")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ConfigError(f"--patience must be a positive number of epochs, got {self.patience!r}.")
+        if not 0.0 < self.holdout < 0.5:
+            raise ConfigError(f"The early-stopping holdout must be a fraction between 0 and 0.5, got {self.holdout!r}.")
         if self.method == "magnitude" and self.criterion != "l1":
             raise ConfigError("--criterion ranks channels for --method channel; magnitude pruning ranks single weights "
                               "by their absolute value.")
@@ -104,9 +130,21 @@ class PruneConfig:
         """Target sparsity before training step ``step`` (0-based) of ``total_steps``."""
         if self.schedule == "constant" or total_steps <= 0:
             return float(self.sparsity)
-        end = max(1, int(round(total_steps * POLYNOMIAL_RAMP)))
-        t = min(1.0, step / end)
+        t = min(1.0, step / self.ramp_end(total_steps))
         return float(self.sparsity * (1.0 - (1.0 - t) ** 3))
+
+    def ramp_end(self, total_steps: int) -> int:
+        """The step at which a polynomial schedule reaches the final sparsity."""
+        return max(1, int(round(total_steps * (CHANNEL_RAMP if self.method == "channel" else POLYNOMIAL_RAMP))))
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The fine-tuning learning rate; gradual channel pruning with ``lr_restart`` runs one
+        schedule over the ramp and restarts it at the final sparsity (a warm restart)."""
+        tc = self.train
+        if self.method != "channel" or self.schedule != "polynomial" or not self.lr_restart or total_steps <= 1:
+            return tc.lr_at(step, total_steps)
+        end = min(self.ramp_end(total_steps), total_steps - 1)
+        return tc.lr_at(step, end) if step < end else tc.lr_at(step - end, total_steps - end)
 
     def to_dict(self) -> dict:
         d = asdict(self)

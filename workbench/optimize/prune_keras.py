@@ -218,9 +218,8 @@ def trace_channels(graph: kb.KerasGraph, where: str) -> ChannelGraph:
     return g
 
 
-def plan_channels(model, cfg: PruneConfig, where: str) -> tuple[kb.KerasGraph, ChannelPlan]:
-    graph = kb.read_graph(model, where)
-    g = trace_channels(graph, where)
+def channel_scores(model, graph: kb.KerasGraph) -> tuple[dict, dict]:
+    """Filter L1 norms of every Conv2D/Dense and batch-norm gammas, from the current weights."""
     l1, gamma = {}, {}
     for node in graph.layers:
         if node.class_name == "InputLayer":  # a Keras 3 Sequential lists no InputLayer in model.layers
@@ -232,12 +231,44 @@ def plan_channels(model, cfg: PruneConfig, where: str) -> tuple[kb.KerasGraph, C
             l1[node.name] = np.abs(ws[0]).sum(0)
         elif node.class_name == "BatchNormalization" and node.config.get("scale", True):
             gamma[node.name] = ws[0]
-    plan = g.plan(cfg.sparsity, l1, gamma, cfg.criterion)
+    return l1, gamma
+
+
+def plan_channels(model, cfg: PruneConfig, where: str) -> tuple[kb.KerasGraph, ChannelPlan]:
+    graph = kb.read_graph(model, where)
+    g = trace_channels(graph, where)
+    plan = g.plan(cfg.sparsity, *channel_scores(model, graph), cfg.criterion)
     if not plan.changed:
         raise UnsupportedError(f"Channel pruning found nothing to prune in {where}: every channel group is pinned "
                                "(model inputs and outputs keep their channels) or would keep all channels at "
                                f"--sparsity {cfg.sparsity}.", hint="Raise --sparsity, or use --method magnitude.")
     return graph, plan
+
+
+def channel_masker(model, graph: kb.KerasGraph, plan: ChannelPlan, cfg: PruneConfig, frequency: int, where: str):
+    """A :class:`workbench.optimize.gradual.ChannelMasker` over ``model`` (trained in place)."""
+    from workbench.optimize.gradual import ChannelMasker
+
+    g = trace_channels(graph, where)
+    kinds = {n.name: n.class_name for n in graph.layers}
+    sizes = {}
+    for name in list(plan.out_keep) + list(plan.same_keep):
+        w = model.get_layer(name).weights[0]
+        sizes[name] = int(w.shape[2] if kinds[name] == "DepthwiseConv2D" else w.shape[-1])
+
+    def zero(out_drop: dict, same_drop: dict) -> None:
+        for name, idx in list(out_drop.items()) + list(same_drop.items()):
+            layer = model.get_layer(name)
+            for var in layer.trainable_weights:
+                v = np.array(var.numpy())
+                if kinds[name] == "DepthwiseConv2D" and v.ndim == 4:
+                    v[:, :, idx, :] = 0.0
+                else:
+                    v[..., idx] = 0.0
+                var.assign(v)
+
+    return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(model, graph), cfg.criterion),
+                         zero=zero, sizes=sizes, frequency=frequency)
 
 
 def apply_plan(model, graph: kb.KerasGraph, plan: ChannelPlan, where: str):
@@ -316,15 +347,37 @@ def _register():
 
     @PRUNERS.register(("channel", "keras"))
     def keras_channel(job) -> Pruned:
-        handle = job.handle
+        from workbench.optimize.common import n_outputs
+        from workbench.optimize.config import DISTILL_ALPHA, DISTILL_TEMPERATURE
+        from workbench.optimize.gradual import fit_channels
+        from workbench.optimize.train import KerasBackend, batch_bounds
+
+        cfg, handle = job.config, job.handle
         where = f"'{handle.path}'"
         api = handle.meta.get("keras_api", kb.api_of(handle.obj))
-        graph, plan = plan_channels(handle.obj, job.config, where)
-        pruned = apply_plan(handle.obj, graph, plan, where)
-        training = _fit(job, pruned, kb.keras_module(api))
+        graph, plan = plan_channels(handle.obj, cfg, where)
+        if cfg.schedule == "polynomial":  # masked gradually in a copy, removed at the end
+            model = _copy(handle.obj, api, where)
+            graph = kb.read_graph(model, where)
+            per_epoch = len(batch_bounds(len(job.data.x), cfg.train.batch_size))
+            masker = channel_masker(model, graph, plan, cfg, cfg.frequency or max(1, per_epoch // 4), where)
+        else:
+            model, masker = apply_plan(handle.obj, graph, plan, where), None
+        backend = KerasBackend(model, kb.keras_module(api), cfg.train, n_outputs(handle) or 1,
+                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE) if cfg.distill else None)
+
+        def teacher(x):
+            return np.concatenate([np.asarray(handle.obj(np.asarray(x[i:i + 256], dtype=np.float32), training=False))
+                                   for i in range(0, len(x), 256)])
+
+        training, info = fit_channels(job, backend, masker, teacher)
+        if masker is not None:
+            plan = masker.final()
+            model = apply_plan(model, graph, plan, where)
+        pruned = model
         return Pruned(save=lambda p: save_model(pruned, p), layers_before=layer_stats(handle.obj),
                       layers_after=layer_stats(pruned), training=training, output_format="keras" if api == 3 else "h5",
-                      extra={"channel_groups": list(plan.groups)})
+                      extra={"channel_groups": list(plan.groups), "fine_tuning": info})
 
 
 _register()

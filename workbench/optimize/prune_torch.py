@@ -280,8 +280,8 @@ def trace_channels(model, sample, where: str = "the model"):
     return g, modules
 
 
-def plan_channels(model, sample, cfg: PruneConfig, where: str = "the model") -> ChannelPlan:
-    g, modules = trace_channels(model, sample, where)
+def channel_scores(modules: dict) -> tuple[dict, dict]:
+    """Filter L1 norms of every convolution/linear layer and batch-norm gammas, from the current weights."""
     l1, gamma = {}, {}
     for name, mod in modules.items():
         w = getattr(mod, "weight", None)
@@ -292,7 +292,12 @@ def plan_channels(model, sample, cfg: PruneConfig, where: str = "the model") -> 
             l1[name] = w.detach().abs().reshape(w.shape[0], -1).sum(1).numpy()
         elif kind.startswith("BatchNorm"):
             gamma[name] = w.detach().numpy()
-    plan = g.plan(cfg.sparsity, l1, gamma, cfg.criterion)
+    return l1, gamma
+
+
+def plan_channels(model, sample, cfg: PruneConfig, where: str = "the model") -> ChannelPlan:
+    g, modules = trace_channels(model, sample, where)
+    plan = g.plan(cfg.sparsity, *channel_scores(modules), cfg.criterion)
     if not plan.changed:
         raise UnsupportedError(f"Channel pruning found nothing to prune in {where}: every channel group is pinned "
                                "(model inputs and outputs keep their channels) or would keep all channels at "
@@ -459,16 +464,36 @@ def _register():
 
     @PRUNERS.register(("channel", "torch"))
     def torch_channel(job) -> Pruned:
+        from workbench.optimize.common import n_outputs
+        from workbench.optimize.config import DISTILL_ALPHA, DISTILL_TEMPERATURE
+        from workbench.optimize.gradual import fit_channels
+        from workbench.optimize.mask_torch import channel_masker, teacher_outputs
+        from workbench.optimize.train import TorchBackend, batch_bounds
+
         check_torch_model(job.handle)
+        cfg = job.config
+        where = f"'{job.handle.path}'"
         model = copy.deepcopy(job.handle.obj).eval()
+        teacher_model = copy.deepcopy(model).eval()
         sample = sample_input(job.handle)
-        plan = plan_channels(model, sample, job.config, f"'{job.handle.path}'")
-        pruned = apply_plan(model, plan)
-        training = _fit(job, pruned)
-        pruned.eval()
-        return Pruned(save=lambda p: save_exported(pruned, sample, p), layers_before=layer_stats(model),
+        plan = plan_channels(model, sample, cfg, where)
+        if cfg.schedule == "polynomial":  # masked gradually, removed at the end
+            per_epoch = len(batch_bounds(len(job.data.x), cfg.train.batch_size))
+            masker = channel_masker(model, sample, plan, cfg, cfg.frequency or max(1, per_epoch // 4), where)
+            trained = model
+        else:
+            masker, trained = None, apply_plan(model, plan)
+        backend = TorchBackend(trained, cfg.train, n_outputs(job.handle) or 1,
+                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE) if cfg.distill else None)
+
+        training, info = fit_channels(job, backend, masker, teacher_outputs(teacher_model))
+        if masker is not None:
+            plan = masker.final()
+            trained = apply_plan(trained, plan)
+        pruned = trained.eval()
+        return Pruned(save=lambda p: save_exported(pruned, sample, p), layers_before=layer_stats(job.handle.obj),
                       layers_after=layer_stats(pruned), training=training, output_format="exported_program",
-                      extra={"channel_groups": list(plan.groups)})
+                      extra={"channel_groups": list(plan.groups), "fine_tuning": info})
 
 
 _register()

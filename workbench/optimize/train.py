@@ -53,6 +53,8 @@ class Hooks:
     on_train_begin: Callable[[], None] = _noop
     before_step: Callable[[int, int], None] = _noop  # (step, total_steps)
     on_epoch_end: Callable[[int], None] = _noop
+    lr_at: Callable[[int, int], float] | None = None  # replaces TrainConfig.lr_at (warm restarts)
+    after_epoch: Callable[[int, dict], bool] = lambda epoch, entry: False  # may add to the epoch's entry; True stops
 
 
 @dataclass
@@ -193,8 +195,10 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def fit(backend: Backend, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, hooks: Hooks | None = None,
         store: CheckpointStore | None = None, resume: bool = False, val: tuple[np.ndarray, np.ndarray] | None = None,
-        progress: ProgressFn | None = None) -> TrainResult:
+        progress: ProgressFn | None = None, soft: np.ndarray | None = None) -> TrainResult:
+    """``soft``: a teacher's outputs for every sample of ``x`` (knowledge distillation)."""
     hooks = hooks or Hooks()
+    lr_at = hooks.lr_at or cfg.lr_at
     progress = progress or _noop
     n = len(x)
     if n < 2:
@@ -220,8 +224,8 @@ def fit(backend: Backend, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, hoo
         for a, b in batches:
             idx = order[a:b]
             hooks.before_step(step, total)
-            backend.set_lr(cfg.lr_at(step, total))
-            loss = backend.train_step(x[idx], y[idx])
+            backend.set_lr(lr_at(step, total))
+            loss = backend.train_step(x[idx], y[idx], None if soft is None else soft[idx])
             if not np.isfinite(loss):
                 raise DataError(f"The training loss became {loss} at epoch {epoch + 1}, step {step + 1}.",
                                 hint="Lower --lr, or check the data for extreme values.")
@@ -233,10 +237,13 @@ def fit(backend: Backend, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, hoo
         entry = {"epoch": epoch + 1, "loss": round(float(np.sum(losses) / n), 6)}
         if val is not None and val[1] is not None:
             entry["val_accuracy"] = round(float(np.mean(backend.predict(val[0]).argmax(1) == val[1])), 6)
+        stop = hooks.after_epoch(epoch, entry)
         history.append(entry)
         progress({"event": "epoch", **entry, "epochs": cfg.epochs})
         if store is not None:
             store.save(epoch + 1, step, history, backend.state_bytes())
+        if stop:
+            break
     backend.end()
     return TrainResult(epochs=cfg.epochs, steps=step, resumed_from=resumed, history=history,
                        seconds=time.perf_counter() - t0)
@@ -273,7 +280,7 @@ class TorchBackend(Backend):
     framework = "torch"
 
     def __init__(self, model, cfg: TrainConfig, n_outputs: int, to_train=None, to_eval=None, batch_eval: int = 256,
-                 micro_batch: int | None = None):
+                 micro_batch: int | None = None, distill: tuple[float, float] | None = None):
         import torch
 
         self.micro_batch = micro_batch
@@ -294,6 +301,14 @@ class TorchBackend(Backend):
             self.loss_fn = lambda out, y: F.mse_loss(out, F.one_hot(y, out.shape[-1]).to(out.dtype))
         else:
             self.loss_fn = lambda out, y: F.cross_entropy(out, y)
+        self.distill = distill
+
+    def _distilled(self, out, y, soft):
+        """(1 - a) * loss(labels) + a * T^2 * KL(teacher || student), both softened at temperature T."""
+        F = self.torch.nn.functional
+        a, t = self.distill
+        kl = F.kl_div(F.log_softmax(out / t, -1), F.log_softmax(soft / t, -1), log_target=True, reduction="batchmean")
+        return (1 - a) * self.loss_fn(out, y) + a * t * t * kl
 
     def seed(self, seed: int) -> None:
         self.torch.manual_seed(seed)
@@ -308,13 +323,18 @@ class TorchBackend(Backend):
     def end(self) -> None:
         self.to_eval(self.model)
 
-    def train_step(self, x, y) -> float:
+    def train_step(self, x, y, soft=None) -> float:
         torch = self.torch
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         if self.custom is not None:
             return run_user_step(self.cfg.step, self.custom, self.model, xt, yt, self.optimizer, self.loss_fn)
         self.optimizer.zero_grad(set_to_none=True)
+        if soft is not None and self.distill is not None:
+            loss = self._distilled(self.model(xt), yt, torch.from_numpy(np.asarray(soft, dtype=np.float32)))
+            loss.backward()
+            self.optimizer.step()
+            return float(loss.detach())
         if self.micro_batch is None:
             loss = self.loss_fn(self.model(xt), yt)
             loss.backward()
@@ -357,7 +377,8 @@ class KerasBackend(Backend):
 
     framework = "keras"
 
-    def __init__(self, model, keras, cfg: TrainConfig, n_outputs: int, batch_eval: int = 256):
+    def __init__(self, model, keras, cfg: TrainConfig, n_outputs: int, batch_eval: int = 256,
+                 distill: tuple[float, float] | None = None):
         import tensorflow as tf
 
         self.tf = tf
@@ -376,12 +397,22 @@ class KerasBackend(Backend):
             ce = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
             self.loss_fn = lambda out, y: ce(y, out)
         self._step = tf.function(self._default_step, reduce_retracing=True)
+        self.distill, self.probs = distill, probs
 
-    def _default_step(self, x, y):
+    def _distilled(self, out, y, soft):
+        tf = self.tf
+        a, t = self.distill
+        as_logits = (lambda v: tf.math.log(tf.clip_by_value(v, 1e-7, 1.0))) if self.probs else (lambda v: v)
+        p_teacher = tf.nn.softmax(as_logits(soft) / t)
+        kl = tf.reduce_mean(tf.reduce_sum(
+            p_teacher * (tf.math.log(tf.clip_by_value(p_teacher, 1e-12, 1.0)) - tf.nn.log_softmax(as_logits(out) / t)), -1))
+        return (1 - a) * self.loss_fn(out, y) + a * t * t * kl
+
+    def _default_step(self, x, y, soft=None):
         tf = self.tf
         with tf.GradientTape() as tape:
             out = self.model(x, training=True)
-            loss = self.loss_fn(out, y)
+            loss = self.loss_fn(out, y) if soft is None else self._distilled(out, y, soft)
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses)
         variables = self.model.trainable_variables
@@ -395,13 +426,16 @@ class KerasBackend(Backend):
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate.assign(lr)
 
-    def train_step(self, x, y) -> float:
+    def train_step(self, x, y, soft=None) -> float:
         tf = self.tf
         xt = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
         yt = tf.convert_to_tensor(np.asarray(y, dtype=np.int64))
         if self.custom is not None:
             return run_user_step(self.cfg.step, self.custom, self.model, xt, yt, self.optimizer, self.loss_fn)
-        loss = self._step(xt, yt)
+        if soft is not None and self.distill is not None:
+            loss = self._step(xt, yt, tf.convert_to_tensor(np.asarray(soft, dtype=np.float32)))
+        else:
+            loss = self._step(xt, yt)
         return float(np.asarray(loss))
 
     def predict(self, x) -> np.ndarray:
