@@ -506,3 +506,23 @@ def test_inspect_input_shape_a_fixed_model_refuses_is_said_to_be_unused(tmp_path
     r = _cli("inspect", _paddle_like(tmp_path / "p.onnx", dynamic=False), "--input-shape", "1,3,32,32")
     assert r.exit_code == 0, r.output
     assert "--input-shape was not used" in r.output and f"MACs per inference: {CONV_MACS + DECONV_MACS:,}" in r.output
+
+
+def test_savedmodel_without_keras_metadata_counts_its_variables(tmp_path):
+    import tensorflow as tf
+
+    class Affine(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.normal([4, 3]))
+            self.b = tf.Variable(tf.zeros([3]))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            return tf.matmul(x, self.w) + self.b
+
+    m = Affine()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures=m.__call__.get_concrete_function())
+    info = json.loads(_cli("inspect", tmp_path / "sm", "--json").output)
+    assert info["parameters"] == 4 * 3 + 3  # was 0
+    assert info["macs"] is None and "SavedModel without Keras metadata" in info["note"]  # not a total of 0

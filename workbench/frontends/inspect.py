@@ -142,8 +142,9 @@ def _graphdef_rows(handle: ModelHandle) -> LayerTable:
 @LAYER_TABLES.register("keras")
 def _keras_rows(handle: ModelHandle) -> LayerTable:
     model = handle.obj
-    if model is None or not hasattr(model, "layers"):
-        return LayerTable([], 0)  # a SavedModel without Keras metadata: signature only
+    if model is None or not hasattr(model, "layers"):  # a SavedModel without Keras metadata: no layers to read
+        return LayerTable([], _savedmodel_parameters(handle), "MACs are not counted for a SavedModel without Keras "
+                          "metadata (it has no layers to read); export it to .tflite and inspect that for per-op MACs")
     rows = []
     for layer in _flat_layers(model):
         cls = type(layer).__name__
@@ -158,6 +159,20 @@ def _keras_rows(handle: ModelHandle) -> LayerTable:
         rows.append({"name": layer.name, "op": cls, "shape": [d for d in out_shape] if out_shape else None,
                      "dtype": str(getattr(layer, "compute_dtype", "float32")), "params": params, "macs": macs})
     return LayerTable(rows, int(model.count_params()))
+
+
+def _savedmodel_parameters(handle: ModelHandle) -> int:
+    """Elements of a SavedModel's variables, read from its checkpoint (optimizer slots and counters left out)."""
+    from pathlib import Path
+
+    prefix = Path(handle.path) / "variables" / "variables"
+    if handle.format != "savedmodel" or not prefix.with_suffix(".index").is_file():
+        return 0
+    import tensorflow as tf
+
+    skip = (".OPTIMIZER_SLOT", "optimizer/", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+    return int(sum(math.prod(shape) for name, shape in tf.train.list_variables(str(prefix))
+                   if not any(k in name for k in skip)))
 
 
 def _flat_layers(model):
