@@ -142,10 +142,31 @@ def bench_sweep(args, tmp: Path) -> list[dict]:
                           load_options=opts(name, fw), overwrite=True).to_dict()
                 d["bench_seconds"] = round(time.perf_counter() - t0, 1)
                 d["name"], d["framework"] = name, fw
+                if args.firmware:
+                    d["firmware"] = {"before": firmware_instructions(src, opts(name, fw), DATA[name][0], tmp, args.firmware),
+                                     "after": firmware_instructions(Path(d["output"]), None, DATA[name][0], tmp, args.firmware)}
                 results.append(d)
                 log(f"  int8 {pct(d['after'].get('int8', {}).get('accuracy'))} vs float {pct(d['before']['accuracy'])} "
                     f"({d['bench_seconds']} s)")
     return results
+
+
+def firmware_instructions(model: Path, load_opts, train: str, tmp: Path, target: str) -> int | None:
+    """Instructions per inference of the model's int8 .tflite in TFLite Micro firmware on QEMU (`emulate`)."""
+    from workbench.api import emulate
+    from workbench.data import open_data
+    from workbench.frontends import load
+    from workbench.optimize.measure import int8_tflite
+
+    out = tmp / f"fw_{model.stem}.tflite"
+    int8_tflite(load(model, load_opts), open_data(train, split="train"), out)
+    try:
+        rep = emulate(out, target)
+        rep = rep.to_dict() if hasattr(rep, "to_dict") else rep
+        return (rep.get("firmware") or {}).get("instructions")
+    except Exception as exc:  # a toolchain failure is reported as such, not as a number
+        log(f"  firmware emulation of {out.name} failed: {exc}")
+        return None
 
 
 def sweep_table(results: list[dict]) -> str:
@@ -159,9 +180,11 @@ def sweep_table(results: list[dict]) -> str:
                      f"{bi.get('tflite_bytes', 0):,} -> {ai.get('tflite_bytes', 0):,}", pct(b["accuracy"]),
                      pct(bi.get("accuracy")), pct(ai.get("accuracy")), "-" if drop is None else f"{drop:+.2f}",
                      f"{d['training']['epochs']} x {d['data']['train_samples']}", es.get("best_epoch", "-"),
-                     " ".join(pct(h.get("val_accuracy")) for h in d["training"]["history"])])
+                     " ".join(pct(h.get("val_accuracy")) for h in d["training"]["history"]),
+                     "{} -> {}".format(*[(d.get("firmware") or {}).get(k, "-") for k in ("before", "after")])])
     return table(rows, ["model", "channels removed", "int8 .tflite B", "float %", "int8 %", "pruned int8 %",
-                        "drop (points)", "epochs x samples", "kept epoch", "float accuracy per epoch %"])
+                        "drop (points)", "epochs x samples", "kept epoch", "float accuracy per epoch %",
+                        "Cortex-M4 instructions"])
 
 
 def qat_table(results: list[dict]) -> str:
@@ -207,6 +230,8 @@ def main() -> int:
     ap.add_argument("--sparsities", default="0.25,0.5,0.75", help="Channel shares removed by the sweep.")
     ap.add_argument("--fashion-sweep-epochs", type=int, default=8)
     ap.add_argument("--distill", action="store_true", help="Sweep with knowledge distillation.")
+    ap.add_argument("--firmware", metavar="TARGET", help="Sweep: also count instructions per inference in TFLite Micro "
+                    "firmware on QEMU for this target (e.g. stm32l4r5), before and after.")
     ap.add_argument("--models", default="digits,fashion")
     ap.add_argument("--frameworks", default="torch,keras")
     ap.add_argument("--fashion-qat-samples", type=int, default=4000)

@@ -25,6 +25,7 @@ def run(args):
 def test_channel_pruning_is_gradual_by_default_and_magnitude_is_not():
     assert PruneConfig(method="channel").schedule == "polynomial"
     assert PruneConfig(method="magnitude").schedule == "constant"
+    assert PruneConfig(method="channel").criterion == "bn-gamma" and PruneConfig().criterion == "l1"
     assert PruneConfig(method="channel", schedule="constant").schedule == "constant"  # one-shot on request
     with pytest.raises(ConfigError, match="distill"):
         PruneConfig(method="magnitude", distill=True)

@@ -101,8 +101,9 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
 @click.option("--schedule", type=click.Choice(["constant", "polynomial"]),
               help="constant: full sparsity from the start; polynomial: rising to it over 75% of the steps (magnitude) "
               "or, masking channels, over 50% (channel). Default: constant for magnitude, polynomial for channel.")
-@click.option("--criterion", type=click.Choice(["l1", "bn-gamma"]), default="l1", show_default=True,
-              help="Channel ranking: filter L1 norm, or the following batch norm's |gamma|.")
+@click.option("--criterion", type=click.Choice(["l1", "bn-gamma"]),
+              help="Channel ranking: filter L1 norm, or the following batch norm's |gamma| (L1 where no batch norm "
+              "follows). Default: bn-gamma for channel, l1 for magnitude.")
 @click.option("--frequency", type=int, metavar="STEPS", help="Steps between mask updates. Default: 4 per epoch.")
 @click.option("--distill/--no-distill", default=False, show_default=True,
               help="Channel: also learn from the unpruned model's outputs (knowledge distillation).")

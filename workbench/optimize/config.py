@@ -86,7 +86,7 @@ class PruneConfig:
     method: str = "magnitude"
     sparsity: float = 0.5
     schedule: str | None = None
-    criterion: str = "l1"
+    criterion: str | None = None  # None: bn-gamma for channel (measured best), l1 for magnitude
     frequency: int | None = None  # steps between mask updates; None: four times per epoch
     train: TrainConfig = field(default_factory=TrainConfig)
     calib_samples: int = 200  # for the int8 .tflite the report measures
@@ -104,6 +104,8 @@ class PruneConfig:
                               hint="0.5 removes half of the weights (magnitude) or half of the channels (channel).")
         if self.schedule is None:
             object.__setattr__(self, "schedule", "polynomial" if self.method == "channel" else "constant")
+        if self.criterion is None:
+            object.__setattr__(self, "criterion", "bn-gamma" if self.method == "channel" else "l1")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Unknown schedule '{self.schedule}'. Valid: {', '.join(SCHEDULES)}.")
         if self.criterion not in CRITERIA:

@@ -256,16 +256,22 @@ def channel_masker(model, graph: kb.KerasGraph, plan: ChannelPlan, cfg: PruneCon
         w = model.get_layer(name).weights[0]
         sizes[name] = int(w.shape[2] if kinds[name] == "DepthwiseConv2D" else w.shape[-1])
 
+    cache: dict = {}
+
     def zero(out_drop: dict, same_drop: dict) -> None:
-        for name, idx in list(out_drop.items()) + list(same_drop.items()):
-            layer = model.get_layer(name)
-            for var in layer.trainable_weights:
-                v = np.array(var.numpy())
-                if kinds[name] == "DepthwiseConv2D" and v.ndim == 4:
-                    v[:, :, idx, :] = 0.0
-                else:
-                    v[..., idx] = 0.0
-                var.assign(v)
+        if cache.get("drop") is not out_drop or cache.get("same") is not same_drop:  # a new plan: new 0/1 masks
+            masks = []
+            for name, idx in list(out_drop.items()) + list(same_drop.items()):
+                for var in model.get_layer(name).trainable_weights:
+                    m = np.ones(tuple(var.shape), dtype=np.float32)
+                    if kinds[name] == "DepthwiseConv2D" and m.ndim == 4:
+                        m[:, :, idx, :] = 0.0
+                    else:
+                        m[..., idx] = 0.0
+                    masks.append((var, m))
+            cache.update(drop=out_drop, same=same_drop, masks=masks)
+        for var, m in cache["masks"]:
+            var.assign(np.asarray(var.numpy()) * m)
 
     return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(model, graph), cfg.criterion),
                          zero=zero, sizes=sizes, frequency=frequency)
