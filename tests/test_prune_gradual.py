@@ -79,7 +79,8 @@ def test_masked_channels_are_removed_without_changing_the_outputs(digits_torch_p
     np.testing.assert_allclose(pruned.numpy(), masked.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_torch_gradual_channel_pruning_reports_the_curve(tmp_path, digits_torch_path):
+def test_torch_gradual_channel_pruning_reports_the_curve(tmp_path, digits_torch_path, monkeypatch):
+    monkeypatch.setattr("workbench.optimize.gradual.MIN_HOLDOUT", 50)  # digits holds out 135 samples
     out = tmp_path / "g.pt2"
     r = run(["prune", digits_torch_path, "--factory", FACTORY, "--train", "digits:train", "--val", "digits:test",
              "--method", "channel", "--sparsity", "0.5", "--epochs", "4", "--distill", "--json", "-o", out])
@@ -102,9 +103,10 @@ def test_torch_gradual_channel_pruning_reports_the_curve(tmp_path, digits_torch_
     assert json.dumps(manifest).count("holdout_accuracy") >= len(hist)  # the curve is in the manifest too
 
 
-def test_keras_gradual_channel_pruning_with_early_stopping(tmp_path, digits_keras_path):
+def test_keras_gradual_channel_pruning_with_early_stopping(tmp_path, digits_keras_path, monkeypatch):
     from workbench.frontends import load
 
+    monkeypatch.setattr("workbench.optimize.gradual.MIN_HOLDOUT", 50)
     out = tmp_path / "g.keras"
     r = run(["prune", digits_keras_path, "--train", "digits:train", "--val", "digits:test", "--method", "channel",
              "--sparsity", "0.5", "--epochs", "6", "--patience", "1", "--no-int8", "--json", "-o", out])
@@ -122,3 +124,13 @@ def test_keras_gradual_channel_pruning_with_early_stopping(tmp_path, digits_kera
     text = run(["prune", digits_keras_path, "--train", "digits:train", "--method", "channel", "--sparsity", "0.5",
                 "--epochs", "2", "--train-samples", "300", "--no-int8", "-o", tmp_path / "h.keras"]).output
     assert "channels masked" in text and "accuracy (holdout)" in text
+
+
+def test_no_early_stopping_on_a_holdout_too_small_to_rank_epochs(tmp_path, digits_keras_path):
+    r = run(["prune", digits_keras_path, "--train", "digits:train", "--method", "channel", "--sparsity", "0.5",
+             "--epochs", "2", "--train-samples", "300", "--no-int8", "--json", "-o", tmp_path / "s.keras"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert "too few to rank epochs" in d["fine_tuning"]["early_stopping"]["off"]
+    assert d["fine_tuning"]["holdout_samples"] == 0 and d["fine_tuning"]["train_samples"] == 300
+    assert len(d["training"]["history"]) == 2 and "holdout_accuracy" not in d["training"]["history"][-1]

@@ -215,6 +215,8 @@ def render(d: dict) -> None:
     if es.get("best_epoch"):
         click.echo(f"kept epoch {es['best_epoch']} (best on {ft['holdout_samples']} training samples held out"
                    + (f"; stopped after epoch {es['stopped_after_epoch']}" if es.get("stopped_after_epoch") else "") + ")")
+    elif es.get("off"):
+        click.echo(f"early stopping off: {es['off']}")
     for g in d.get("channel_groups", []):
         if not g.get("pruned") and g.get("reason"):
             click.echo(f"kept all {g['channels']} channels of {', '.join(g['layers'])}: {g['reason']}")

@@ -111,11 +111,17 @@ class EarlyStopping:
                 "stopped_after_epoch": self.stopped_after, "patience": self.patience}
 
 
+# Fewer held-out samples than this rank epochs by noise (measured on digits: 135 samples, one
+# sample = 0.74 points, kept an epoch 1.8 points worse on the test split than the last one).
+MIN_HOLDOUT = 500
+
+
 def split_holdout(x: np.ndarray, y: np.ndarray, share: float, seed: int):
-    """(x_train, y_train, x_hold, y_hold): a seeded share of the training samples set aside."""
+    """(x_train, y_train, x_hold, y_hold): a seeded share of the training samples set aside;
+    no holdout (and no early stopping) when it would be smaller than :data:`MIN_HOLDOUT`."""
     n = len(x)
     n_hold = int(round(n * share))
-    if n_hold < 10 or n - n_hold < 2:
+    if n_hold < MIN_HOLDOUT or n - n_hold < 2:
         return x, y, None, None
     perm = np.random.default_rng([seed, 7]).permutation(n)
     hold, keep = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
@@ -160,4 +166,7 @@ def fit_channels(job, backend, masker: ChannelMasker | None, teacher: Callable[[
         info["mask_update_every_steps"] = masker.frequency
     if stopper is not None:
         info["early_stopping"] = stopper.restore()
+    elif cfg.patience is not None:
+        info["early_stopping"] = {"off": f"{cfg.holdout:.0%} of {len(d.x)} training samples is fewer than {MIN_HOLDOUT}: "
+                                         "too few to rank epochs; the last epoch is kept"}
     return training, info
