@@ -131,7 +131,7 @@ def bench_sweep(args, tmp: Path) -> list[dict]:
             src = model_path(name, fw)
             for sparsity in args.sparsities:
                 n = args.prune_samples.get(name)
-                cfg = PruneConfig(method="channel", sparsity=sparsity, distill=args.distill,
+                cfg = PruneConfig(method="channel", sparsity=sparsity, distill=False if args.no_distill else None,
                                   train=TrainConfig(epochs=args.sweep_epochs[name], lr=args.prune_lr,
                                                     batch_size=args.batch_size, train_samples=n, seed=args.seed),
                                   latency_runs=args.latency_runs)
@@ -229,7 +229,7 @@ def main() -> int:
     ap.add_argument("--only", choices=["qat", "channel", "magnitude", "sweep"], action="append")
     ap.add_argument("--sparsities", default="0.25,0.5,0.75", help="Channel shares removed by the sweep.")
     ap.add_argument("--fashion-sweep-epochs", type=int, default=8)
-    ap.add_argument("--distill", action="store_true", help="Sweep with knowledge distillation.")
+    ap.add_argument("--no-distill", action="store_true", help="Sweep without knowledge distillation (on by default).")
     ap.add_argument("--firmware", metavar="TARGET", help="Sweep: also count instructions per inference in TFLite Micro "
                     "firmware on QEMU for this target (e.g. stm32l4r5), before and after.")
     ap.add_argument("--models", default="digits,fashion")

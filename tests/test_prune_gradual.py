@@ -26,6 +26,7 @@ def test_channel_pruning_is_gradual_by_default_and_magnitude_is_not():
     assert PruneConfig(method="channel").schedule == "polynomial"
     assert PruneConfig(method="magnitude").schedule == "constant"
     assert PruneConfig(method="channel").criterion == "bn-gamma" and PruneConfig().criterion == "l1"
+    assert PruneConfig(method="channel").distill and not PruneConfig().distill
     assert PruneConfig(method="channel", schedule="constant").schedule == "constant"  # one-shot on request
     with pytest.raises(ConfigError, match="distill"):
         PruneConfig(method="magnitude", distill=True)
@@ -83,7 +84,7 @@ def test_torch_gradual_channel_pruning_reports_the_curve(tmp_path, digits_torch_
     monkeypatch.setattr("workbench.optimize.gradual.MIN_HOLDOUT", 50)  # digits holds out 135 samples
     out = tmp_path / "g.pt2"
     r = run(["prune", digits_torch_path, "--factory", FACTORY, "--train", "digits:train", "--val", "digits:test",
-             "--method", "channel", "--sparsity", "0.5", "--epochs", "4", "--distill", "--json", "-o", out])
+             "--method", "channel", "--sparsity", "0.5", "--epochs", "4", "--json", "-o", out])  # distilled by default
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     hist = d["training"]["history"]

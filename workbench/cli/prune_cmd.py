@@ -105,8 +105,9 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
               help="Channel ranking: filter L1 norm, or the following batch norm's |gamma| (L1 where no batch norm "
               "follows). Default: bn-gamma for channel, l1 for magnitude.")
 @click.option("--frequency", type=int, metavar="STEPS", help="Steps between mask updates. Default: 4 per epoch.")
-@click.option("--distill/--no-distill", default=False, show_default=True,
-              help="Channel: also learn from the unpruned model's outputs (knowledge distillation).")
+@click.option("--distill/--no-distill", default=None,
+              help="Channel: also learn from the unpruned model's outputs (knowledge distillation). Default: on for "
+              "channel pruning.")
 @click.option("--lr-restart/--no-lr-restart", default=True, show_default=True,
               help="Channel, polynomial: restart the learning-rate schedule when the final sparsity is reached.")
 @click.option("--patience", type=int, default=2, show_default=True,

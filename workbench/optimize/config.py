@@ -91,7 +91,7 @@ class PruneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     calib_samples: int = 200  # for the int8 .tflite the report measures
     latency_runs: int = 300
-    distill: bool = False
+    distill: bool | None = None  # None: on for channel (measured better in every matched run), off for magnitude
     lr_restart: bool = True
     patience: int | None = 2
     holdout: float = 0.1
@@ -104,6 +104,8 @@ class PruneConfig:
                               hint="0.5 removes half of the weights (magnitude) or half of the channels (channel).")
         if self.schedule is None:
             object.__setattr__(self, "schedule", "polynomial" if self.method == "channel" else "constant")
+        if self.distill is None:
+            object.__setattr__(self, "distill", self.method == "channel")
         if self.criterion is None:
             object.__setattr__(self, "criterion", "bn-gamma" if self.method == "channel" else "l1")
         if self.schedule not in SCHEDULES:
