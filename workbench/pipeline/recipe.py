@@ -82,8 +82,9 @@ class Recipe:
     data: dict = field(default_factory=dict)
 
 
-# The YAML type each key takes: str, int, number (int or float), bool, list (of scalars), map, or a
-# name (one path component: it names a folder of the output).
+# The YAML type each key takes: str, int, number (int or float), bool, list (of scalars), map, any (checked
+# by its step: cluster.layers is a list of names or a {regex: clusters} mapping), or a name (one path
+# component: it names a folder of the output).
 TYPES = {
     "": {"name": "str", "models": "seq", "data": "map", "variants": "seq", "targets": "list", "budgets": "list",
          "description": "str"},
@@ -95,7 +96,7 @@ TYPES = {
                  "deploy": "map"},
     "deploy": {"strip": "str", "compress": "int"},
     "prune": {"method": "str", "sparsity": "number", "epochs": "int", "schedule": "str", "lr": "number"},
-    "cluster": {"clusters": "int", "epochs": "int", "lr": "number", "layers": "list", "min_weights": "int"},
+    "cluster": {"clusters": "int", "epochs": "int", "lr": "number", "layers": "any", "min_weights": "int"},
     "qat": {"epochs": "int", "lr": "number"},
 }
 _TAG = "tag:yaml.org,2002:"
@@ -123,6 +124,8 @@ def _type_ok(node, kind: str) -> bool:
         return True  # an empty value means "not set", as if the key were absent
     if kind in _SCALARS:
         return isinstance(node, yaml.ScalarNode) and node.tag[len(_TAG):] in _SCALARS[kind]
+    if kind == "any":
+        return True
     if kind == "map":
         return isinstance(node, yaml.MappingNode)
     if kind == "seq":
