@@ -26,7 +26,7 @@ def test_channel_pruning_is_gradual_by_default_and_magnitude_is_not():
     assert PruneConfig(method="channel").schedule == "polynomial"
     assert PruneConfig(method="magnitude").schedule == "constant"
     assert PruneConfig(method="channel").criterion == "bn-gamma" and PruneConfig().criterion == "l1"
-    assert PruneConfig(method="channel").distill and not PruneConfig().distill
+    assert PruneConfig(method="channel").distill is None  # decided by the schedule actually used
     assert PruneConfig(method="channel", schedule="constant").schedule == "constant"  # one-shot on request
     with pytest.raises(ConfigError, match="distill"):
         PruneConfig(method="magnitude", distill=True)
@@ -134,4 +134,7 @@ def test_no_early_stopping_on_a_holdout_too_small_to_rank_epochs(tmp_path, digit
     d = json.loads(r.stdout)
     assert "too few to rank epochs" in d["fine_tuning"]["early_stopping"]["off"]
     assert d["fine_tuning"]["holdout_samples"] == 0 and d["fine_tuning"]["train_samples"] == 300
+    # 2 epochs of 10 steps: too few to ramp, so the default gradual schedule gave way to one-shot removal
+    assert d["fine_tuning"]["schedule"] == "constant" and "too few to prune gradually" in d["fine_tuning"]["note"]
+    assert d["config"]["schedule"] == "polynomial"
     assert len(d["training"]["history"]) == 2 and "holdout_accuracy" not in d["training"]["history"][-1]

@@ -106,8 +106,8 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
               "follows). Default: bn-gamma for channel, l1 for magnitude.")
 @click.option("--frequency", type=int, metavar="STEPS", help="Steps between mask updates. Default: 4 per epoch.")
 @click.option("--distill/--no-distill", default=None,
-              help="Channel: also learn from the unpruned model's outputs (knowledge distillation). Default: on for "
-              "channel pruning.")
+              help="Channel: also learn from the unpruned model's outputs (knowledge distillation). Default: on when "
+              "channels are masked gradually, off for one-shot removal.")
 @click.option("--lr-restart/--no-lr-restart", default=True, show_default=True,
               help="Channel, polynomial: restart the learning-rate schedule when the final sparsity is reached.")
 @click.option("--patience", type=int, default=2, show_default=True,
@@ -157,8 +157,9 @@ def render(d: dict) -> None:
     c = d["config"]
     click.echo(f"{d['model']} -> {d['output']}: {c['method']} pruning to {c['sparsity']:.0%}"
                + (f" ({c['schedule']} schedule)" if c["method"] == "magnitude" else
-                  f" (ranked by {c['criterion']}, {'gradual' if c['schedule'] == 'polynomial' else 'one-shot'}"
-                  + (", distilled" if c.get("distill") else "") + ")"))
+                  f" (ranked by {c['criterion']}, "
+                  f"{'gradual' if (d.get('fine_tuning') or c)['schedule'] == 'polynomial' else 'one-shot'}"
+                  + (", distilled" if (d.get("fine_tuning") or {}).get("distill") else "") + ")"))
     t = d["training"]
     data = d["data"]
     click.echo(f"fine-tuned {t['epochs']} epochs ({t['steps']} steps, {t['seconds']} s) on {data['train_samples']} samples "
@@ -218,6 +219,8 @@ def render(d: dict) -> None:
                    + (f"; stopped after epoch {es['stopped_after_epoch']}" if es.get("stopped_after_epoch") else "") + ")")
     elif es.get("off"):
         click.echo(f"early stopping off: {es['off']}")
+    if ft.get("note"):
+        click.echo(f"note: {ft['note']}")
     for g in d.get("channel_groups", []):
         if not g.get("pruned") and g.get("reason"):
             click.echo(f"kept all {g['channels']} channels of {', '.join(g['layers'])}: {g['reason']}")

@@ -91,7 +91,7 @@ class PruneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     calib_samples: int = 200  # for the int8 .tflite the report measures
     latency_runs: int = 300
-    distill: bool | None = None  # None: on for channel (measured better in every matched run), off for magnitude
+    distill: bool | None = None  # None: on when channels are masked gradually (measured better there), else off
     lr_restart: bool = True
     patience: int | None = 2
     holdout: float = 0.1
@@ -102,10 +102,9 @@ class PruneConfig:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity!r}.",
                               hint="0.5 removes half of the weights (magnitude) or half of the channels (channel).")
-        if self.schedule is None:
+        if self.schedule is None:  # remembered: a default gradual schedule gives way to one-shot on tiny budgets
+            object.__setattr__(self, "schedule_by_default", True)
             object.__setattr__(self, "schedule", "polynomial" if self.method == "channel" else "constant")
-        if self.distill is None:
-            object.__setattr__(self, "distill", self.method == "channel")
         if self.criterion is None:
             object.__setattr__(self, "criterion", "bn-gamma" if self.method == "channel" else "l1")
         if self.schedule not in SCHEDULES:

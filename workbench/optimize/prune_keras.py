@@ -355,14 +355,15 @@ def _register():
     def keras_channel(job) -> Pruned:
         from workbench.optimize.common import n_outputs
         from workbench.optimize.config import DISTILL_ALPHA, DISTILL_TEMPERATURE
-        from workbench.optimize.gradual import fit_channels
+        from workbench.optimize.gradual import fit_channels, gradual
         from workbench.optimize.train import KerasBackend, batch_bounds
 
         cfg, handle = job.config, job.handle
         where = f"'{handle.path}'"
         api = handle.meta.get("keras_api", kb.api_of(handle.obj))
         graph, plan = plan_channels(handle.obj, cfg, where)
-        if cfg.schedule == "polynomial":  # masked gradually in a copy, removed at the end
+        masked, note = gradual(cfg, len(job.data.x))
+        if masked:  # masked gradually in a copy, removed at the end
             model = _copy(handle.obj, api, where)
             graph = kb.read_graph(model, where)
             per_epoch = len(batch_bounds(len(job.data.x), cfg.train.batch_size))
@@ -370,13 +371,13 @@ def _register():
         else:
             model, masker = apply_plan(handle.obj, graph, plan, where), None
         backend = KerasBackend(model, kb.keras_module(api), cfg.train, n_outputs(handle) or 1,
-                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE) if cfg.distill else None)
+                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE))
 
         def teacher(x):
             return np.concatenate([np.asarray(handle.obj(np.asarray(x[i:i + 256], dtype=np.float32), training=False))
                                    for i in range(0, len(x), 256)])
 
-        training, info = fit_channels(job, backend, masker, teacher)
+        training, info = fit_channels(job, backend, masker, teacher, note)
         if masker is not None:
             plan = masker.final()
             model = apply_plan(model, graph, plan, where)

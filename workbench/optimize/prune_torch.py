@@ -466,27 +466,26 @@ def _register():
     def torch_channel(job) -> Pruned:
         from workbench.optimize.common import n_outputs
         from workbench.optimize.config import DISTILL_ALPHA, DISTILL_TEMPERATURE
-        from workbench.optimize.gradual import fit_channels
+        from workbench.optimize.gradual import fit_channels, gradual
         from workbench.optimize.mask_torch import channel_masker, teacher_outputs
         from workbench.optimize.train import TorchBackend, batch_bounds
 
         check_torch_model(job.handle)
-        cfg = job.config
-        where = f"'{job.handle.path}'"
+        cfg, where = job.config, f"'{job.handle.path}'"
         model = copy.deepcopy(job.handle.obj).eval()
         teacher_model = copy.deepcopy(model).eval()
         sample = sample_input(job.handle)
         plan = plan_channels(model, sample, cfg, where)
-        if cfg.schedule == "polynomial":  # masked gradually, removed at the end
+        masked, note = gradual(cfg, len(job.data.x))
+        if masked:  # masked gradually, removed at the end
             per_epoch = len(batch_bounds(len(job.data.x), cfg.train.batch_size))
             masker = channel_masker(model, sample, plan, cfg, cfg.frequency or max(1, per_epoch // 4), where)
             trained = model
         else:
             masker, trained = None, apply_plan(model, plan)
         backend = TorchBackend(trained, cfg.train, n_outputs(job.handle) or 1,
-                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE) if cfg.distill else None)
-
-        training, info = fit_channels(job, backend, masker, teacher_outputs(teacher_model))
+                               distill=(DISTILL_ALPHA, DISTILL_TEMPERATURE))
+        training, info = fit_channels(job, backend, masker, teacher_outputs(teacher_model), note)
         if masker is not None:
             plan = masker.final()
             trained = apply_plan(trained, plan)

@@ -22,7 +22,7 @@ def prune_step(handle: ModelHandle, opts: dict, data: dict, adir: Path):
     from workbench.optimize.prune import expected_suffixes, prune
 
     cfg = PruneConfig(method=opts.get("method", "magnitude"), sparsity=float(opts.get("sparsity", 0.5)),
-                      schedule=opts.get("schedule"), train=_train_config(opts, data, 1e-3))
+                      schedule=opts.get("schedule", "constant"), train=_train_config(opts, data, 1e-3))
     out = adir / ("pruned" + expected_suffixes(handle, cfg.method)[0])
     report = prune(handle, out, cfg, data["train"], measure_int8=False)
     factory = handle.meta.get("factory") if out.suffix == ".pt" else None
