@@ -203,7 +203,7 @@ def test_tampered_cache_entries_are_rebuilt_not_served(small_run):
     blob[len(blob) // 2] ^= 0xFF
     model.write_bytes(bytes(blob))
     res, doc = _run(r, d / "out")
-    assert "failed its check: artifacts/model.tflite changed" in res.stderr
+    assert "failed its check: artifacts/model.tflite changed since it was stored" in res.stderr
     assert doc["rows"][0]["accuracy"] == good["accuracy"]
     published = d / "out" / "digits" / "float" / "model.tflite"
     assert published.read_bytes() == (entry / "artifacts" / "model.tflite").read_bytes() != bytes(blob)
@@ -211,10 +211,10 @@ def test_tampered_cache_entries_are_rebuilt_not_served(small_run):
     result["rows"][0]["bytes"] = 1120
     (entry / "result.json").write_text(json.dumps(result))
     res, doc = _run(r, d / "out")
-    assert "failed its check: result.json changed" in res.stderr and doc["rows"][0]["bytes"] == good["bytes"]
+    assert "failed its check: result.json changed since it was stored" in res.stderr and doc["rows"][0]["bytes"] == good["bytes"]
     (entry / "digests.json").unlink()
     res, _ = _run(r, d / "out")
-    assert "digests.json is missing or unreadable" in res.stderr
+    assert "failed its check: it has no digests.json" in res.stderr
 
 
 def test_a_tool_failure_is_reported_and_never_cached(small_run, monkeypatch):
@@ -343,3 +343,14 @@ def test_a_full_disk_is_said_as_such(tmp_path, digits_keras_path, monkeypatch):
     assert res.exit_code == 2, res.output
     assert "No space left on the device while writing" in res.stderr and "Internal error" not in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_added_to_a_cache_entry_is_not_served(small_run):
+    d, r = small_run
+    res, _ = _run(r, d / "out")
+    assert res.exit_code == 0, res.output
+    entry = next(p for p in (d / "out" / ".cache").iterdir() if p.is_dir())
+    (entry / "artifacts" / "extra.bin").write_bytes(b"x")  # it would be published beside the model
+    res, _ = _run(r, d / "out")
+    assert "failed its check: artifacts/extra.bin was added after the folder was stored" in res.stderr
+    assert not (d / "out" / "digits" / "float" / "extra.bin").exists()

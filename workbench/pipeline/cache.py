@@ -4,9 +4,9 @@
   folder it reads. Digests are remembered per path with the file's size and modification time
   (``<cache>/digests.json``): a file whose size and mtime are unchanged is not read again; any
   change means it is hashed anew.
-- Every entry carries ``digests.json``: the SHA-256 of each file it holds. An entry whose files
-  differ (edited, truncated, flipped bytes, added or missing) is never served: it is removed and
-  the job runs again, with a note.
+- Every entry is sealed (:mod:`workbench.core.digests`): the SHA-256 of each file it holds. An
+  entry whose files differ (edited, truncated, flipped bytes, added or missing) is never served:
+  it is removed and the job runs again, with a note.
 - One run per output folder at a time (``<out>/.lock``); a second one is refused at once.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Iterator
 
 from workbench.core.errors import ConfigError
+from workbench.core.digests import CacheCorrupt, verify_digests, write_digests
 from workbench.core.files import sha256_file, write_json_atomic
 
-ENTRY_DIGESTS = "digests.json"
-DIGEST_CACHE = "digests.json"
+DIGEST_CACHE = "digests.json"  # in <out>/.cache: the per-path memo of FileDigests
 
 
 class FileDigests:
@@ -90,34 +90,18 @@ def _module_file(mod: str) -> Path | None:
     return Path(origin) if origin and Path(origin).is_file() else None
 
 
-def entry_files(folder: Path) -> dict[str, str]:
-    return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*"))
-            if f.is_file() and f != folder / ENTRY_DIGESTS}
-
-
 def seal(folder: Path) -> None:
-    """Record the digest of every file of a finished entry."""
-    write_json_atomic(folder / ENTRY_DIGESTS, entry_files(folder))
+    """Record the digest of every file of a finished entry (see :mod:`workbench.core.digests`)."""
+    write_digests(folder)
 
 
 def check_entry(folder: Path) -> str | None:
-    """``None`` when the entry holds exactly the files it was sealed with; else what differs."""
-    if not (folder / "result.json").is_file():
-        return "result.json is missing"
+    """``None`` when the entry holds exactly the files it was sealed with, ``result.json`` among them;
+    else what differs."""
     try:
-        sealed = json.loads((folder / ENTRY_DIGESTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return f"its {ENTRY_DIGESTS} is missing or unreadable"
-    if not isinstance(sealed, dict):
-        return f"its {ENTRY_DIGESTS} is not a mapping"
-    now = entry_files(folder)
-    for name in sorted(set(sealed) | set(now)):
-        if name not in now:
-            return f"{name} is missing"
-        if name not in sealed:
-            return f"{name} was added after the entry was stored"
-        if now[name] != sealed[name]:
-            return f"{name} changed since it was stored (SHA-256 {now[name][:12]}..., stored {sealed[name][:12]}...)"
+        verify_digests(folder, ("result.json",), exact=True)
+    except CacheCorrupt as exc:
+        return exc.reason
     return None
 
 

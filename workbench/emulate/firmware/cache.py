@@ -1,18 +1,16 @@
 """The firmware caches' one mechanism: build once under a lock, serve only what checks out.
 
-Every cached folder (a TFLM library, a firmware image) holds ``digests.json``: the sha256 of
-each file the folder serves, written last, before the folder is renamed into place. A folder
-is served only when every listed file is there with its digest; anything else (a flipped
-bit in an ELF or a ``.a``, an edited ``meta.json``, a missing or unreadable manifest) is
-reported (:class:`CacheCorrupt`), the folder is removed and built again, and the caller's
-``say`` and the returned notes tell the user it happened.
+Every cached folder (a TFLM library, a firmware image) is sealed (:mod:`workbench.core.digests`):
+``digests.json`` holds the sha256 of each file the folder serves, written last, before the folder
+is renamed into place. A folder is served only when every listed file is there with its digest;
+anything else (a flipped bit in an ELF or a ``.a``, an edited ``meta.json``, a missing or
+unreadable manifest) is reported (:class:`CacheCorrupt`), the folder is removed and built again,
+and the caller's ``say`` and the returned notes tell the user it happened.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -20,62 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-DIGESTS = "digests.json"
+from workbench.core.digests import DIGESTS, CacheCorrupt, verify_digests, write_digests  # noqa: F401  (the firmware caches' names)
+from workbench.core.files import sha256_file as file_sha256  # noqa: F401
+
 Say = Callable[[str], None]
-
-
-class CacheCorrupt(Exception):
-    """A cached folder whose files do not match their recorded digests (or have none)."""
-
-    def __init__(self, folder: Path, reason: str):
-        super().__init__(f"{folder}: {reason}")
-        self.folder = folder
-        self.reason = reason
 
 
 def stderr_say(line: str) -> None:
     """The default ``say``: one line on stderr (progress and notes never go to stdout)."""
     sys.stderr.write(line.rstrip("\n") + "\n")
     sys.stderr.flush()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_digests(folder: Path, names: tuple[str, ...] | list[str]) -> dict:
-    """Record the sha256 of ``names`` (files in ``folder``) in ``folder/digests.json``; returns them."""
-    files = {name: file_sha256(folder / name) for name in names}
-    (folder / DIGESTS).write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True))
-    return files
-
-
-def verify_digests(folder: Path, required: tuple[str, ...] | list[str]) -> dict:
-    """The recorded digests of ``folder`` when every required file is listed and matches; else CacheCorrupt."""
-    try:
-        doc = json.loads((folder / DIGESTS).read_text())
-        files = doc["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-    except FileNotFoundError:
-        raise CacheCorrupt(folder, f"it has no {DIGESTS}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CacheCorrupt(folder, f"its {DIGESTS} is unreadable ({type(exc).__name__})") from None
-    for name in required:
-        if name not in files:
-            raise CacheCorrupt(folder, f"{DIGESTS} does not list {name}")
-    for name, want in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise CacheCorrupt(folder, f"{name} is missing")
-        got = file_sha256(path)
-        if got != want:
-            raise CacheCorrupt(folder, f"{name} has sha256 {got[:16]}..., recorded {str(want)[:16]}...")
-    return files
 
 
 @contextmanager
