@@ -89,9 +89,19 @@ def bench_qat(args, tmp: Path) -> list[dict]:
     return results
 
 
-def bench_prune(args, tmp: Path, method: str) -> list[dict]:
+
+def timed_prune(src: Path, out: Path, cfg, name: str, fw: str) -> dict:
+    """One prune run of the benchmark: its report as a dict, with the wall time and the row's names."""
     from workbench.optimize.prune import prune
 
+    t0 = time.perf_counter()
+    d = prune(src, out, cfg, DATA[name][0], DATA[name][1], load_options=opts(name, fw), overwrite=True).to_dict()
+    d["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    d["name"], d["framework"] = name, fw
+    return d
+
+
+def bench_prune(args, tmp: Path, method: str) -> list[dict]:
     results = []
     names = ["fashion"] if method == "channel" and "fashion" in args.models else args.models
     for name in names:
@@ -109,11 +119,7 @@ def bench_prune(args, tmp: Path, method: str) -> list[dict]:
                               latency_runs=args.latency_runs)
             suffix = ".pt2" if (fw == "torch" and method == "channel") else (".pt" if fw == "torch" else ".keras")
             log(f"{method} pruning {name}/{fw} to {sparsity:.0%}: {cfg.train.epochs} epoch(s) on {n or 'all'} samples ...")
-            t0 = time.perf_counter()
-            d = prune(src, tmp / f"{method}_{name}_{fw}{suffix}", cfg, DATA[name][0], DATA[name][1],
-                      load_options=opts(name, fw), overwrite=True).to_dict()
-            d["bench_seconds"] = round(time.perf_counter() - t0, 1)
-            d["name"], d["framework"] = name, fw
+            d = timed_prune(src, tmp / f"{method}_{name}_{fw}{suffix}", cfg, name, fw)
             results.append(d)
             q = d["ratios"]
             log(f"  int8 size x{q['int8_tflite_bytes']}  speed-up x{q['latency_speedup']}  accuracy "
@@ -123,8 +129,6 @@ def bench_prune(args, tmp: Path, method: str) -> list[dict]:
 
 def bench_sweep(args, tmp: Path) -> list[dict]:
     """Channel pruning at every --sparsities value, with the command's default fine-tuning."""
-    from workbench.optimize.prune import prune
-
     results = []
     for name in args.models:
         for fw in args.frameworks:
@@ -137,11 +141,7 @@ def bench_sweep(args, tmp: Path) -> list[dict]:
                                   latency_runs=args.latency_runs)
                 suffix = ".pt2" if fw == "torch" else ".keras"
                 log(f"sweep {name}/{fw} at {sparsity:.0%}: {cfg.train.epochs} epoch(s) on {n or 'all'} samples ...")
-                t0 = time.perf_counter()
-                d = prune(src, tmp / f"sweep_{name}_{fw}_{int(sparsity * 100)}{suffix}", cfg, DATA[name][0], DATA[name][1],
-                          load_options=opts(name, fw), overwrite=True).to_dict()
-                d["bench_seconds"] = round(time.perf_counter() - t0, 1)
-                d["name"], d["framework"] = name, fw
+                d = timed_prune(src, tmp / f"sweep_{name}_{fw}_{int(sparsity * 100)}{suffix}", cfg, name, fw)
                 if args.firmware:
                     d["firmware"] = {"before": firmware_instructions(src, opts(name, fw), DATA[name][0], tmp, args.firmware),
                                      "after": firmware_instructions(Path(d["output"]), None, DATA[name][0], tmp, args.firmware)}

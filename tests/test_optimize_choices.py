@@ -29,15 +29,20 @@ def _calib(path, n: int):
     return path
 
 
+def _optimize(model, calib, out) -> dict:
+    """`workbench optimize` for TARGET on 10 calibration samples of ``calib`` and 50 digits test samples."""
+    r = CliRunner().invoke(main, list(map(str, (
+        "optimize", model, "--target", TARGET, "--max-flash", 2_000_000, "--calib", calib,
+        "--calib-samples", 10, "--eval", "digits:test", "--eval-samples", 50, "-o", out, "--json"))))
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
 def test_no_larger_calibration_without_more_samples_and_flash_is_a_pareto_criterion(digits_keras_path, tmp_path,
                                                                                     estimate_only):
     calib = _calib(tmp_path / "calib10.npz", 10)
     out = tmp_path / "opt"
-    r = CliRunner().invoke(main, list(map(str, (
-        "optimize", digits_keras_path, "--target", TARGET, "--max-flash", 2_000_000, "--calib", calib,
-        "--calib-samples", 10, "--eval", "digits:test", "--eval-samples", 50, "-o", out, "--json"))))
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = _optimize(digits_keras_path, calib, out)
     by = {c["variant"]: c for c in doc["candidates"]}
     # 10 samples, all used by int8: a "larger" set would be the same model measured twice
     assert not [v for v in by if v.startswith("int8-calib")]
@@ -78,11 +83,7 @@ def test_a_larger_calibration_set_that_builds_the_same_model_is_dropped(digits_k
     calib = tmp_path / "same40.npz"
     np.savez(calib, x=np.repeat(one.x, 40, axis=0))  # 40 copies of one sample: more of them widen no range
     out = tmp_path / "opt"
-    r = CliRunner().invoke(main, list(map(str, (
-        "optimize", digits_keras_path, "--target", TARGET, "--max-flash", 2_000_000, "--calib", calib,
-        "--calib-samples", 10, "--eval", "digits:test", "--eval-samples", 50, "-o", out, "--json"))))
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = _optimize(digits_keras_path, calib, out)
     assert not [c for c in doc["candidates"] if c["variant"].startswith("int8-calib")]
     assert any("int8-calib40" in s and "same model as int8, byte for byte" in s for s in doc["skipped"])
     built = out / "runs" / "digits_keras"

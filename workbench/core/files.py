@@ -18,13 +18,15 @@ from typing import Iterator
 from workbench.core.errors import InputFileError, OutputExistsError
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, file_digest=None) -> str:
+    """SHA-256 of a file, or of a folder (each file's relative name and digest, in order);
+    ``file_digest(path)`` gives a folder's file digests where the caller remembers them."""
     h = hashlib.sha256()
     p = Path(path)
     if p.is_dir():
         for f in sorted(q for q in p.rglob("*") if q.is_file()):
             h.update(str(f.relative_to(p)).encode())
-            h.update(sha256_file(f).encode())
+            h.update((file_digest or sha256_file)(f).encode())
         return h.hexdigest()
     with open(p, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

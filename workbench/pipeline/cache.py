@@ -50,15 +50,7 @@ class FileDigests:
         return digest
 
     def path(self, path: Path) -> str:
-        if path.is_dir():
-            import hashlib
-
-            h = hashlib.sha256()
-            for f in sorted(q for q in path.rglob("*") if q.is_file()):
-                h.update(str(f.relative_to(path)).encode())
-                h.update(self.file(f).encode())
-            return h.hexdigest()
-        return self.file(path)
+        return sha256_file(path, file_digest=self.file) if path.is_dir() else self.file(path)
 
     def spec(self, spec) -> str | None:
         """The content digest of a data spec that names a file or folder; of a ``module:function``

@@ -112,7 +112,7 @@ def _run_locked(recipe: Recipe, out: Path, jobs: int, say: Callable[[str], None]
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+                                     initializer=worker_init, initargs=(os.getpid(),)) as pool:
                 futs = {pool.submit(run_job, j, str(cache)): j for j in pending}
                 for f in as_completed(futs):
                     j = futs[f]
@@ -150,6 +150,14 @@ def publish(src: Path, out: Path, model: str, variant: str) -> Path:
     with atomic_path(dst, suffix="") as tmp:
         shutil.copytree(src, tmp)
     return dst
+
+
+def worker_init(parent: int) -> None:
+    """A worker's set-up: it ends with its run, and its progress lines (a library build) reach stderr."""
+    from workbench.core.progress import to_stderr
+
+    to_stderr()
+    die_with_parent(parent)
 
 
 def die_with_parent(parent: int) -> None:

@@ -13,21 +13,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from workbench.core.digests import DIGESTS, CacheCorrupt, verify_digests, write_digests  # noqa: F401  (the firmware caches' names)
 from workbench.core.files import sha256_file as file_sha256  # noqa: F401
+from workbench.core.progress import say as progress_say
 
 Say = Callable[[str], None]
-
-
-def stderr_say(line: str) -> None:
-    """The default ``say``: one line on stderr (progress and notes never go to stdout)."""
-    sys.stderr.write(line.rstrip("\n") + "\n")
-    sys.stderr.flush()
 
 
 @contextmanager
@@ -62,7 +56,7 @@ def build_once(base: Path, key: str, load, build, *, what: str = "build", say: S
     (said through ``say`` and returned in ``notes``). Under the key's lock, so two processes never
     build the same thing, and an interrupted build leaves nothing half-made.
     """
-    say = stderr_say if say is None else say
+    say = progress_say if say is None else say
     notes: list[str] = []
 
     def checked():

@@ -38,14 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.core.errors import ConfigError, ToolFailure
-from workbench.emulate.firmware.cache import (
-    CacheCorrupt,
-    Say,
-    build_once,
-    stderr_say,
-    verify_digests,
-    write_digests,
-)
+from workbench.core.progress import say as progress_say
+from workbench.emulate.firmware.cache import CacheCorrupt, Say, build_once, verify_digests, write_digests
 from workbench.emulate.firmware.machines import Machine
 from workbench.emulate.firmware.toolchain import Toolchain
 from workbench.emulate.firmware.tree import MAKEFILE, TflmTree, cache_root, pristine_copy
@@ -141,14 +135,14 @@ def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kerne
                 cache_dir: Path | None = None, say: Say | None = None) -> Library:
     """The cached library for (tree, core, kernels, build type, compiler), building it if needed.
 
-    ``say`` receives the progress lines of a build and the notes (default: stderr). A build
+    ``say`` receives the progress lines of a build and the notes (default: the progress lines, which the CLI writes to stderr). A build
     that fails or times out (``timeout`` seconds, default ``$WORKBENCH_FIRMWARE_BUILD_TIMEOUT``
     or 3600) raises ToolFailure (exit 4): a tool's failure, not the model's.
     """
     check_options(kernels, build_type)
     if timeout is None:
         timeout = _env_seconds("WORKBENCH_FIRMWARE_BUILD_TIMEOUT", DEFAULT_BUILD_TIMEOUT)
-    say = stderr_say if say is None else say
+    say = progress_say if say is None else say
     t0 = time.perf_counter()
     key = library_key(tree, machine, kernels, build_type, toolchain)
     base = Path(cache_dir) if cache_dir is not None else lib_cache_dir()
