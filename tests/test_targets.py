@@ -16,7 +16,7 @@ from workbench.core.errors import ConfigError
 
 EXPECTED = {"raspberry-pi-zero-2w", "raspberry-pi-3b-plus", "raspberry-pi-4", "raspberry-pi-5", "stm32l4r5", "nrf52840",
             "stm32f746", "stm32h743", "nrf5340", "esp32-s3", "host",
-            "corstone-300", "ethos-u55-128", "himax-we2", "alif-ensemble-e7", "nxp-imx93"}
+            "corstone-300", "ethos-u55-128", "himax-we2", "alif-ensemble-e7", "nxp-imx93", "raspberry-pi-pico-2"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,11 +49,15 @@ def test_public_facts_of_the_notes_table():
     facts = {  # board: (clock MHz, flash bytes, RAM bytes)
         "stm32l4r5": (120, 2 << 20, 640 << 10), "nrf52840": (64, 1 << 20, 256 << 10), "stm32f746": (216, 1 << 20, 320 << 10),
         "stm32h743": (480, 2 << 20, 1 << 20), "nrf5340": (128, 1 << 20, 512 << 10), "esp32-s3": (240, 8 << 20, 512 << 10),
+        "raspberry-pi-pico-2": (150, 4 << 20, 520 << 10),  # RP2350 and Pico 2 datasheets (raspberrypi.com)
     }
     for name, (mhz, flash, ram) in facts.items():
         t = load_target(name)
         assert (t.clock_mhz, t.flash_bytes, t.ram_bytes) == (mhz, flash, ram), name
     assert load_target("raspberry-pi-5").core == "4x Cortex-A76" and load_target("raspberry-pi-zero-2w").ram_bytes == 512 << 20
+    pico = load_target("raspberry-pi-pico-2")
+    assert pico.core == "Cortex-M33" and all("raspberrypi.com" in s.url for s in pico.sources[:4])
+    assert any("16 kB XIP cache" in s.fact for s in pico.sources)
 
 
 def test_unknown_target_lists_the_valid_ones():
