@@ -103,7 +103,7 @@ def test_bad_data(tmp_path, digits_keras_path, digits_tflite_int8, digits_tflite
 
 # The conversion matrix's refusals (issue 14): each one short paragraph, exit 2, nothing written.
 MATRIX_REFUSALS = {
-    "onnx-to-tflite": ("export {onnx} --format tflite -o {o}", "onnx2tf"),
+    "onnx-to-int8-tflite-without-data": ("quantize {onnx} --format tflite --scheme int8 -o {o}", "--calib"),
     "mixed-without-layers": ("quantize {float} --scheme mixed-int16 --calib digits:train -o {o}", "--int16-layer"),
     "int16-layer-matches-nothing": ("quantize {float} --scheme mixed-int16 --int16-layer nosuchop --calib digits:train -o {o}",
                                     "matches no op"),
