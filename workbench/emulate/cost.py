@@ -2,10 +2,11 @@
 
 For every op of the graph::
 
-    cycles(op) = op_overhead_cycles
-               + class_factor(op) * cycles_per_mac[dtype]  * MACs(op)
+    work(op)   = class_factor(op) * cycles_per_mac[dtype]  * MACs(op)
                +                    cycles_per_byte[dtype] * activation_bytes(op)
+               +            element_cycles[kind(op)]      * activation_elements(op)
 
+    cycles(op) = op_overhead_cycles + work(op) / speedup(op)
     time(op)   = cycles(op) / clock                        (x undelegated_factor, see below)
 
 * ``MACs`` come from :meth:`workbench.frontends.graph.Graph.macs` (convolutions, fully connected,
@@ -17,9 +18,18 @@ For every op of the graph::
   from :meth:`Graph.op_dtype`; other integer types (int32 shape arithmetic) use the int8 row.
 * ``class_factor`` scales the MAC term of an op class (``depthwise``, ``fully_connected``);
   1 when the profile does not set it.
+* ``element_cycles`` (per op kind, e.g. ``HARD_SWISH``, ``LOGISTIC``, ``MUL``, ``ADD``, ``MEAN``):
+  cycles per activation element the op reads or writes (``activation_elements``, counted like
+  ``activation_bytes``), for the ops whose cost is neither MACs nor plain data movement:
+  activation functions, the elementwise products and sums of squeeze-excite blocks and
+  residuals, global pooling. 0 for a kind the profile does not list. ONNX ops use the entry of
+  their TFLite kind (``Mul`` -> ``MUL``, ``HardSwish`` -> ``HARD_SWISH``, ...).
 * Threads (LiteRT boards): ops that XNNPACK parallelises (convolutions, fully connected,
-  pooling, matmul) get ``1 + (threads - 1) * parallel_efficiency`` times faster. TFLM is
-  single-threaded.
+  pooling, matmul) get ``speedup = 1 + (threads - 1) * parallel_efficiency * u / (u + parallel_grain)``
+  times faster, where ``u`` = MACs + output elements is the op's size: an op much smaller than
+  ``parallel_grain`` is not sped up by threads (too little work to split), a much larger one gets
+  the full ``1 + (threads - 1) * parallel_efficiency``. ``parallel_grain`` 0 (the default) gives
+  every parallel op the full speed-up. TFLM is single-threaded.
 * LiteRT boards: an op the XNNPACK delegate does not take runs in LiteRT's builtin kernels,
   ``undelegated_factor`` times slower.
 
@@ -49,6 +59,10 @@ OP_CLASSES = {
     "Conv": "conv", "ConvTranspose": "conv", "Gemm": "fully_connected", "MatMul": "fully_connected",
     "AveragePool": "pool", "MaxPool": "pool",
 }
+
+# ONNX op types whose ``element_cycles`` entry is the TFLite kind's (profiles key element costs by TFLite names).
+ELEMENT_KINDS = {"HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Mul": "MUL", "Add": "ADD", "ReduceMean": "MEAN",
+                 "GlobalAveragePool": "MEAN"}
 
 # Ops XNNPACK splits across threads.
 PARALLEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV",
@@ -80,6 +94,22 @@ def activation_bytes(graph: Graph, op: Op) -> int:
         if t is not None:
             total += t.nbytes or 0
     return int(total * getattr(op, "repeat", 1))  # a loop body's op moves its data once per iteration
+
+
+def activation_elements(graph: Graph, op: Op) -> int:
+    """Elements of the non-constant inputs and of the outputs (the element count behind :func:`activation_bytes`)."""
+    total = 0
+    for i in (() if op.kind in METADATA_OPS else op.inputs):
+        t = graph.tensor(i)
+        if t is not None and not t.const:
+            total += t.elements or 0
+    total += graph.out_elements(op)
+    return int(total * getattr(op, "repeat", 1))
+
+
+def parallel_units(graph: Graph, op: Op) -> int:
+    """An op's size for thread scaling: MACs + output elements."""
+    return graph.macs(op) + graph.out_elements(op) * getattr(op, "repeat", 1)
 
 
 def weight_bytes(graph: Graph, op: Op) -> int:
@@ -120,8 +150,10 @@ class LatencyEstimate:
         return sum(o.macs for o in self.ops)
 
 
-def speedup(threads: int, efficiency: float) -> float:
-    return 1.0 + max(0, threads - 1) * efficiency
+def speedup(threads: int, efficiency: float, units: float | None = None, grain: float = 0.0) -> float:
+    """Thread speed-up of a parallel op of size ``units`` (MACs + output elements); see the module docstring."""
+    share = 1.0 if grain <= 0 or units is None else units / (units + grain)
+    return 1.0 + max(0, threads - 1) * efficiency * share
 
 
 def op_class(graph: Graph, op: Op) -> str:
@@ -138,8 +170,11 @@ def op_cycles(graph: Graph, op: Op, target: Target, threads: int, delegated: boo
     row = cm.dtype(dtype_row(graph.op_dtype(op)))
     factor = cm.class_factors.get(op_class(graph, op), 1.0)
     work = factor * row.cycles_per_mac * graph.macs(op) + row.cycles_per_byte * activation_bytes(graph, op)
+    per_element = cm.element_cycles.get(ELEMENT_KINDS.get(op.kind, op.kind), 0.0)
+    if per_element:
+        work += per_element * activation_elements(graph, op)
     if op.kind in PARALLEL_OPS and target.runtime.name in MULTI_THREADED and delegated is not False:
-        work /= speedup(threads, cm.parallel_efficiency)
+        work /= speedup(threads, cm.parallel_efficiency, parallel_units(graph, op), cm.parallel_grain)
     cycles = cm.op_overhead_cycles + work
     if delegated is False:
         cycles *= cm.undelegated_factor
@@ -162,5 +197,6 @@ def estimate_latency(graph: Graph, target: Target, threads: int | None = None, d
                            latency_ms=cyc / target.clock_hz * 1e3, delegated=dlg))
     total = sum(r.latency_ms for r in rows)
     desc = (f"{target.runtime.name}+{target.runtime.kernels} on {target.core} at {target.clock_mhz:g} MHz, "
-            f"{threads} thread(s): cycles = overhead + class x cycles/MAC x MACs + cycles/byte x activation bytes")
+            f"{threads} thread(s): cycles = overhead + (class x cycles/MAC x MACs + cycles/byte x activation bytes"
+            f" + element cycles x activation elements) / thread speed-up")
     return LatencyEstimate(total_ms=total, threads=threads, ops=tuple(rows), model=desc)

@@ -40,6 +40,8 @@ class CostModel:
     parallel_efficiency: float = 0.0  # each extra thread adds this fraction of a core on parallel ops
     undelegated_factor: float = 1.0  # LiteRT: ops the XNNPACK delegate does not take run this much slower
     calibration: str = ""
+    element_cycles: dict = field(default_factory=dict)  # op kind ("HARD_SWISH", "MUL", ...) -> cycles per activation element
+    parallel_grain: float = 0.0  # op size (MACs + output elements) at which threads give half their speed-up; 0: always full
 
     def dtype(self, key: str) -> DtypeCost:
         return self.dtypes[key]
@@ -140,6 +142,8 @@ class Target:
                      "class_factors": dict(self.cost.class_factors),
                      "parallel_efficiency": self.cost.parallel_efficiency,
                      "undelegated_factor": self.cost.undelegated_factor,
+                     **({"element_cycles": dict(self.cost.element_cycles)} if self.cost.element_cycles else {}),
+                     **({"parallel_grain": self.cost.parallel_grain} if self.cost.parallel_grain else {}),
                      "calibration": self.cost.calibration},
             "sources": [{"fact": s.fact, "url": s.url} for s in self.sources],
             "assumptions": list(self.assumptions),
@@ -233,6 +237,12 @@ def target_from_dict(d: dict, where: str) -> Target:
     for k, v in factors.items():
         if not (_is_number(v) and v > 0):
             raise r.fail(f"cost.class_factors.{k}", "a positive number", v)
+    elements = c.get("element_cycles") or {}
+    if not isinstance(elements, dict):
+        raise r.fail("cost.element_cycles", "a mapping of op kind (HARD_SWISH, MUL, ...) to cycles per element", elements)
+    for k, v in elements.items():
+        if not (_is_number(v) and v >= 0):
+            raise r.fail(f"cost.element_cycles.{k}", "a number >= 0", v)
     cost = CostModel(
         dtypes=dtypes,
         op_overhead_cycles=r.get(c, "op_overhead_cycles", "cost.", "nonneg_number", default=0.0, required=False),
@@ -240,6 +250,8 @@ def target_from_dict(d: dict, where: str) -> Target:
         parallel_efficiency=r.get(c, "parallel_efficiency", "cost.", "fraction", default=0.0, required=False),
         undelegated_factor=r.get(c, "undelegated_factor", "cost.", "pos_number", default=1.0, required=False),
         calibration=r.get(c, "calibration", "cost.", "str", default="", required=False),
+        element_cycles={str(k): float(v) for k, v in elements.items()},
+        parallel_grain=r.get(c, "parallel_grain", "cost.", "nonneg_number", default=0.0, required=False),
     )
     srcs = d.get("sources")
     if not isinstance(srcs, list) or not srcs:
