@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from workbench.cli import main
 
-HEAVY = ("torch", "tensorflow", "litert_torch", "keras", "tf_keras")
+HEAVY = ("torch", "tensorflow", "litert_torch", "keras", "tf_keras", "executorch")
 
 
 def test_help_imports_no_framework_and_is_fast():

@@ -20,7 +20,7 @@ from workbench.profile import device_script as profiler
 
 from conftest import DIGITS_FACTORY
 
-HEAVY = {"torch", "tensorflow", "keras", "tf_keras", "litert_torch", "jax"}
+HEAVY = {"torch", "tensorflow", "keras", "tf_keras", "litert_torch", "jax", "executorch"}
 
 
 @pytest.fixture(scope="session")

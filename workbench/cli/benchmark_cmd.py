@@ -16,9 +16,9 @@ from workbench.cli.common import emit_json, human_bytes, json_option, load_optio
 def benchmark_cmd(model, data, calib, samples, threads, runs, only, trust_model, factory, input_shape, as_json):
     """Run MODEL on every deployment stack and compare size, load time, latency and accuracy on this machine.
 
-    PyTorch eager, torch.export, TorchScript, ONNX Runtime, LiteRT and TFLite Micro for a
-    PyTorch model; Keras, LiteRT and TFLite Micro for a Keras model; ONNX Runtime (as given, fp16,
-    dynamic, int8) for an .onnx model.
+    PyTorch eager, torch.export, TorchScript, ONNX Runtime, LiteRT, TFLite Micro and ExecuTorch
+    (XNNPACK) for a PyTorch model; Keras, LiteRT and TFLite Micro for a Keras model; ONNX Runtime
+    (as given, fp16, dynamic, int8) for an .onnx model; ExecuTorch for a .pte program.
     """
     from workbench import api
     from workbench.evaluate.benchmark import benchmark

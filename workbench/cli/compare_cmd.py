@@ -26,7 +26,7 @@ def compare_cmd(reference, candidate, data, samples, seed, reference_runtime, ca
     """Compare two models or artifacts on the same samples: the task metric and its loss, argmax agreement, SQNR, cosine, max-abs error.
 
     Each runs in its real runtime (Keras/PyTorch for framework models, LiteRT for .tflite,
-    ONNX Runtime for .onnx/.ort). --factory and --input-shape apply to REFERENCE.
+    ONNX Runtime for .onnx/.ort, ExecuTorch for .pte). --factory and --input-shape apply to REFERENCE.
     """
     from workbench import api
 

@@ -191,6 +191,7 @@ def quantize_cmd(model, scheme, fmt, out, **kw):
     Examples:
       workbench quantize model.keras --scheme int8 --calib digits:train --eval digits:test -o model_int8.tflite
       workbench quantize model.pt --factory pkg.mod:build --scheme int8 --calib calib.npz --format onnx -o m.onnx
+      workbench quantize model.pt --factory pkg.mod:build --scheme int8 --calib calib.npz --format executorch -o m.pte
       workbench quantize float.tflite --scheme int8 --calib calib.npz --eval test.npz -o model_int8.tflite
       workbench quantize ae.tflite --scheme int8 --calib normal.npz --eval test.npz --metric auc -o ae_int8.tflite
     """
@@ -204,12 +205,13 @@ def quantize_cmd(model, scheme, fmt, out, **kw):
 @click.option("--scheme", type=click.Choice(SCHEMES), default=None, help="Quantize first (default: float; int8 for tflm from a framework model).")
 @shared_options
 def export_cmd(model, fmt, out, scheme, **kw):
-    """Export MODEL to TFLite, ONNX, ONNX Runtime (.ort) or TFLite Micro C/C++ sources.
+    """Export MODEL to TFLite, ONNX, ONNX Runtime (.ort), ExecuTorch (.pte, XNNPACK) or TFLite Micro C/C++ sources.
 
     \b
     Examples:
       workbench export model.keras --format tflite -o model.tflite
       workbench export model_int8.tflite --format tflm --target stm32l4r5 -o firmware/model
       workbench export model.pt --factory pkg.mod:build --format onnx -o model.onnx
+      workbench export model.pt --factory pkg.mod:build --format executorch -o model.pte
     """
     _dispatch(model, fmt, out, scheme if scheme or fmt == "tflm" else "float", kw)

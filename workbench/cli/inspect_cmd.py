@@ -24,7 +24,8 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
     partial = info.get("macs_partial")
     if partial:
         macs += f" (partial: {partial['unknown_ops']} op(s) of unknown shape not counted)"
-    click.echo(f"parameters: {info['parameters']:,}   MACs per inference: {macs}")
+    params = f"{info['parameters']:,}" if info["parameters"] is not None else "unknown"
+    click.echo(f"parameters: {params}   MACs per inference: {macs}")
     if info.get("note"):
         click.echo(f"note: {info['note']}")
     run = info.get("shapes_from_run") or {}

@@ -21,7 +21,7 @@ SCHEME_HELP = {
 }
 IO_DTYPES = ("float32", "int8", "uint8", "int16")
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
-EXPORT_FORMATS = ("tflite", "onnx", "ort", "tflm")
+EXPORT_FORMATS = ("tflite", "onnx", "ort", "tflm", "executorch")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """``benchmark``: one model on every stack it can be deployed with, measured side by side.
 
 For a PyTorch model: PyTorch eager, torch.export, TorchScript, ONNX Runtime (float, int8),
-LiteRT (float, dynamic, int8) and TFLite Micro (int8). For a Keras model: Keras, LiteRT
+LiteRT (float, dynamic, int8), TFLite Micro (int8) and ExecuTorch with XNNPACK (float, int8); a .pte
+runs in ExecuTorch as given. For a Keras model: Keras, LiteRT
 (float, fp16, dynamic, int8) and TFLite Micro (float, int8). For an .onnx model: ONNX Runtime
 on the file as given, and on its fp16, dynamic and int8 versions (ONNX Runtime's quantizer);
 ONNX has no route to TFLite with the pinned set (see ``workbench inspect``). Each stack reports file size,
@@ -77,6 +78,11 @@ STACKS = {
         Stack("litert dynamic", "litert", _convert("tflite", "dynamic")),
         Stack("litert int8", "litert", _convert("tflite", "int8")),
         Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
+        Stack("executorch float", "executorch", _convert("executorch", "float")),
+        Stack("executorch int8", "executorch", _convert("executorch", "int8")),
+    ],
+    "executorch": [
+        Stack("executorch (as given)", "executorch", _reload),
     ],
     "onnx": [
         Stack("onnxruntime (as given)", "ort", _reload),
@@ -122,8 +128,9 @@ def benchmark(handle: ModelHandle, data: Dataset | None, calib: Dataset, threads
 
     stacks = STACKS.get(handle.framework)
     if stacks is None:
-        raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch, Keras and ONNX models; '{handle.path}' is "
-                             f"{handle.format}.", hint="Pass the original PyTorch or Keras model, or an .onnx model.")
+        raise WorkbenchError(f"benchmark compares deployment stacks of PyTorch, Keras, ONNX and ExecuTorch models; "
+                             f"'{handle.path}' is {handle.format}.",
+                             hint="Pass the original PyTorch or Keras model, an .onnx model or a .pte program.")
     probe = data if data is not None else calib.take(min(len(calib), 200))
     rows = []
     ref_out = None

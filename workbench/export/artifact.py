@@ -17,7 +17,7 @@ from workbench import __version__
 from workbench.core.files import commit_files, sha256_file, staging_dir, write_json_atomic
 
 VERSIONED = ("numpy", "tensorflow", "tf-keras", "keras", "tensorflow-model-optimization", "torch", "litert-torch",
-             "torchao", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime", "onnxscript", "tflite-micro")
+             "torchao", "ai-edge-litert", "ai-edge-quantizer", "onnx", "onnxruntime", "onnxscript", "tflite-micro", "executorch")
 
 
 def library_versions(names=VERSIONED) -> dict:

@@ -58,6 +58,7 @@ FAMILY = {"keras": "keras", "torch": "torch", "tflite": "tflite", "onnx": "onnx"
 
 def _register_builtin():
     from workbench.export import keras_onnx, keras_tflite, onnx_quant, onnx_tflite, tf1_tflite, tflite_quant, torch_onnx, torch_tflite  # noqa: F401
+    from workbench.export import torch_executorch  # noqa: F401
 
 
 def exporter_for(handle: ModelHandle, fmt: str) -> Exporter:

@@ -18,6 +18,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 FORMATS = {
     "tflite": "TensorFlow Lite flatbuffer (.tflite)",
     "ort": "ONNX Runtime format (.ort)",
+    "pte": "ExecuTorch program (.pte)",
     "onnx": "ONNX protobuf (.onnx)",
     "keras": "Keras 3 archive (.keras)",
     "h5": "Keras HDF5 model (.h5)",
@@ -45,6 +46,8 @@ def detect_format(path: str | Path) -> str:
         return "tflite"
     if len(head) >= 8 and head[4:8] == b"ORTM":
         return "ort"
+    if is_pte(head):
+        return "pte"
     if head.startswith(HDF5_MAGIC):
         return "h5"
     if head.startswith(b"PK"):
@@ -62,6 +65,12 @@ def detect_format(path: str | Path) -> str:
         f"Cannot tell what kind of model '{p}' is: its first bytes ({head[:8].hex(' ')}) match no known format.",
         hint="Supported: " + "; ".join(FORMATS.values()) + ".",
     )
+
+
+def is_pte(head: bytes) -> bool:
+    """An ExecuTorch program: a flatbuffer whose file identifier (bytes 4-8) is "ET" and a two-digit schema
+    version ("ET12" from executorch 0.4 to 1.5)."""
+    return len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit()
 
 
 def _detect_zip(p: Path) -> str:

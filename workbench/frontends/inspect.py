@@ -23,7 +23,7 @@ class LayerTable:
     and, when MACs cannot be counted for this kind of model, why."""
 
     rows: list
-    parameters: int
+    parameters: int | None  # None: the format does not say
     macs_unknown: str | None = None
     facts: dict | None = None  # more for the description (how shapes were found)
 
@@ -47,7 +47,7 @@ def describe(handle: ModelHandle) -> dict:
         "sha256": sha256_file(p),
         "inputs": [s.to_dict() for s in handle.inputs],
         "outputs": [s.to_dict() for s in handle.outputs],
-        "parameters": int(table.parameters),
+        "parameters": None if table.parameters is None else int(table.parameters),
         "macs": None if table.macs_unknown else int(sum(r.get("macs") or 0 for r in layers)),
         **({"note": table.macs_unknown} if table.macs_unknown else {}),
         **({} if table.macs_unknown else _partial(layers)),
@@ -110,6 +110,13 @@ def _graph_rows(handle: ModelHandle) -> LayerTable:
 
 LAYER_TABLES.add("tflite", _graph_rows)
 LAYER_TABLES.add("onnx", _graph_rows)
+
+
+@LAYER_TABLES.register("executorch")
+def _pte_rows(handle: ModelHandle) -> LayerTable:
+    """An ExecuTorch program's runtime API gives its method's signature only (the ops are inside backend blobs)."""
+    return LayerTable([], None, "an ExecuTorch program's layers, parameters and MACs are not read from the .pte (its ops are "
+                                "compiled into backend blobs such as XNNPACK's); inspect the PyTorch model it came from")
 
 
 @LAYER_TABLES.register("tf1")

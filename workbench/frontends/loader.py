@@ -50,7 +50,7 @@ def _register_builtin() -> None:
     # framework at module level, so importing all of them stays cheap.
     global _registered
     if not _registered:
-        from workbench.frontends import graphdef, keras_models, light, torch_models  # noqa: F401
+        from workbench.frontends import executorch_models, graphdef, keras_models, light, torch_models  # noqa: F401
 
         _registered = True
 

@@ -14,7 +14,7 @@ RUNNERS: Registry[Callable[..., "Runner"]] = Registry("runtime")
 DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "ort", "ort": "ort", "keras": "keras", "h5": "keras",
                    "savedmodel": "keras", "torchscript": "torch", "exported_program": "torch", "state_dict": "torch",
                    "pickle": "torch", "frozen_graph": "tf1-session",
-                   "savedmodel_tf1": "tf1-session"}
+                   "savedmodel_tf1": "tf1-session", "pte": "executorch"}
 
 
 class Runner:
@@ -98,6 +98,6 @@ _done = False
 def _register_builtin() -> None:
     global _done
     if not _done:
-        from workbench.runtimes import frameworks, litert, ort, tf1, tflm  # noqa: F401
+        from workbench.runtimes import executorch, frameworks, litert, ort, tf1, tflm  # noqa: F401
 
         _done = True

@@ -1,0 +1,143 @@
+"""PyTorch -> ExecuTorch (.pte, XNNPACK): float parity, int8 accuracy, the runner, the CLI, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("executorch", reason="executorch (the 'executorch' extra) is not installed")
+
+from workbench import api  # noqa: E402
+from workbench.cli import main  # noqa: E402
+from workbench.frontends.loader import LoadOptions  # noqa: E402
+
+from conftest import DIGITS_FACTORY, FASHION_FACTORY, MODELS  # noqa: E402
+
+SOURCES = {"digits": (MODELS / "digits_torch.pt", DIGITS_FACTORY, "digits"),
+           "fashion": (MODELS / "fashion_torch.pt", FASHION_FACTORY, "fashion-mnist")}
+# int8 accuracy may fall at most this far below the float model's on held-out data (percentage points).
+INT8_MAX_DROP_PP = 1.5
+CALIB = 128
+
+
+@pytest.fixture(scope="module")
+def pte(tmp_path_factory):
+    """(name, scheme) -> the Artifact of that reference model exported to .pte (built once, on demand)."""
+    folder = tmp_path_factory.mktemp("pte")
+    built = {}
+
+    def get(name: str, scheme: str):
+        if (name, scheme) not in built:
+            src, factory, data = SOURCES[name]
+            built[name, scheme] = api.convert(src, "executorch", folder / f"{name}_{scheme}.pte", scheme=scheme,
+                                              calib=f"{data}:train" if scheme == "int8" else None, calib_samples=CALIB,
+                                              load_options=LoadOptions(factory=factory))
+        return built[name, scheme]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion"])
+def test_float_program_matches_torch(pte, name):
+    art = pte(name, "float")
+    recipe = art.extra["recipe"]
+    assert recipe["backend"] == "XNNPACK" and recipe["xnnpack_partitions"] >= 1
+    left = {o["op"]: o for o in recipe["ops_outside_xnnpack"]}
+    if name == "digits":
+        assert left == {}  # conv, relu, linear: all in XNNPACK
+    else:  # the global average pool, torch.mean(x, dim=(2, 3)) without keepdim, runs in ExecuTorch's portable kernel
+        assert set(left) == {"aten.mean.dim"} and "keepdim" in left["aten.mean.dim"]["reason"]
+    par = recipe["parity"]
+    assert par["samples"] == 16 and par["argmax_agreement"] == 1.0
+    assert par["max_abs_error"] < 1e-4 * max(1.0, par["reference_max_abs"]), par
+    manifest = json.loads(art.manifest_path.read_text())
+    assert manifest["artifact"]["format"] == "executorch" and manifest["libraries"]["executorch"] == "1.5.1"
+    assert manifest["recipe"]["parity"] == par
+
+
+def test_runner_reproduces_the_export_time_parity(pte):
+    from workbench.export import parity
+    from workbench.frontends import load
+    from workbench.runtimes import open_runner
+
+    art = pte("digits", "float")
+    handle = load(SOURCES["digits"][0], LoadOptions(factory=DIGITS_FACTORY))
+    x = parity.parity_inputs(handle.inputs[0].shape, None)  # the same seeded samples the export used
+    runner = open_runner(art.path)
+    assert runner.name == "executorch" and runner.inputs[0].shape == (1, 1, 8, 8)
+    got = runner.predict(x)
+    m = parity.measure(parity.run_model(handle, x), got)
+    assert m["max_abs_error"] == art.extra["recipe"]["parity"]["max_abs_error"]
+    np.testing.assert_array_equal(got, open_runner(art.path).predict(x))  # deterministic across loads
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion"])
+def test_int8_program_keeps_accuracy(pte, name):
+    src, factory, data = SOURCES[name]
+    art = pte(name, "int8")
+    recipe = art.extra["recipe"]
+    assert recipe["quantizer"] == "XNNPACKQuantizer (PT2E)" and art.config["calib_used"] == CALIB
+    assert art.bytes < 0.7 * pte(name, "float").bytes  # int8 weights: the program shrinks
+    res = api.evaluate(src, art.path, f"{data}:test", load_options=LoadOptions(factory=factory), samples=400).metrics
+    assert res["accuracy"] >= res["reference_accuracy"] - INT8_MAX_DROP_PP / 100, res
+    assert res["argmax_agreement"] >= 0.97, res
+
+
+def test_pte_is_recognised_by_content(pte, tmp_path):
+    from workbench.frontends.detect import detect_format
+
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(pte("digits", "float").path.read_bytes())
+    assert detect_format(renamed) == "pte"
+    broken = tmp_path / "broken.pte"
+    broken.write_bytes(renamed.read_bytes()[:200])
+    r = CliRunner().invoke(main, ["compare", str(renamed), str(broken), "--data", "digits:test", "--samples", "20"])
+    assert r.exit_code == 2 and "broken.pte" in r.output and "Traceback" not in r.output
+
+
+def test_compare_and_benchmark_cli_with_a_pte(pte):
+    art = pte("digits", "int8")
+    r = CliRunner().invoke(main, ["compare", str(SOURCES["digits"][0]), str(art.path), "--factory", DIGITS_FACTORY,
+                                  "--data", "digits:test", "--samples", "200", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["samples"] == 200 and out["argmax_agreement"] >= 0.97
+    r = CliRunner().invoke(main, ["benchmark", str(SOURCES["digits"][0]), "--factory", DIGITS_FACTORY, "--calib", "digits:train",
+                                  "--data", "digits:test", "--samples", "100", "--runs", "20", "--stack", "pytorch eager",
+                                  "--stack", "executorch float", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["stack"]: row for row in json.loads(r.stdout)["rows"]}
+    et = rows["executorch float"]
+    assert "error" not in et, et
+    assert et["runtime"] == "executorch" and et["argmax_agreement"] == 1.0 and et["latency_ms"] > 0
+    r = CliRunner().invoke(main, ["benchmark", str(art.path), "--calib", "digits:train", "--data", "digits:test",
+                                  "--samples", "100", "--runs", "20", "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.stdout)["rows"]
+    assert row["stack"] == "executorch (as given)" and row["accuracy"] > 0.9
+
+
+def test_an_op_executorch_cannot_take_is_refused_by_name(tmp_path):
+    import torch
+
+    class Cumulative(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumprod(x, dim=-1)
+
+    src = tmp_path / "cumprod.pt2"
+    torch.export.save(torch.export.export(Cumulative(), (torch.rand(1, 8),)), src)
+    out = tmp_path / "cumprod.pte"
+    r = CliRunner().invoke(main, ["export", str(src), "--format", "executorch", "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "aten.cumprod" in r.output and "Core ATen" in r.output and "Traceback" not in r.output
+    assert not out.exists() and not (tmp_path / "cumprod.pte.json").exists()
+
+
+def test_unavailable_options_are_refused_before_any_work():
+    src, factory, _ = SOURCES["digits"]
+    r = CliRunner().invoke(main, ["quantize", str(src), "--factory", factory, "--format", "executorch",
+                                  "--scheme", "int16x8", "--calib", "digits:train", "-o", "never.pte"])
+    assert r.exit_code == 2 and "float, int8" in r.output

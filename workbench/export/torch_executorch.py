@@ -1,0 +1,204 @@
+"""PyTorch models to ExecuTorch programs (.pte) with the XNNPACK backend.
+
+float: ``torch.export`` -> ``executorch.exir.to_edge_transform_and_lower`` with the XnnpackPartitioner ->
+``to_executorch``. int8: PT2E static quantization with ExecuTorch's XNNPACKQuantizer (torchao's
+``prepare_pt2e`` / ``convert_pt2e``, calibrated one sample at a time on the real calibration set), then
+the same lowering; XNNPACK runs the quantized ops, the program keeps float inputs and outputs.
+Calibrators: ``minmax`` (MinMaxObserver) and ``mse`` (HistogramObserver, the quantizer's own default).
+
+After every export the written program runs in the ExecuTorch runtime on the parity samples: a float
+program is held to the float tolerance against the PyTorch model (:mod:`workbench.export.parity`), an
+int8 one is measured against it (agreement with float; ``--eval`` adds task accuracy). Ops XNNPACK does
+not take run in ExecuTorch's portable CPU kernels and are listed in the manifest; an op ExecuTorch
+cannot lower at all (outside the Core ATen opset, or without a kernel in the runtime) is refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import numpy as np
+
+from workbench.core.errors import RuntimeFailure, UnsupportedError, WorkbenchError
+from workbench.core.quiet import captured_output, import_quietly
+from workbench.export.engine import EXPORTERS, Exporter, ExportJob
+from workbench.export.torch_common import refuse_torchscript, traceable
+
+DELEGATE = "executorch_call_delegate"
+
+
+def import_exir():
+    return import_quietly("torch", "executorch.exir", extra="executorch", purpose="Exporting PyTorch models to ExecuTorch")
+
+
+def xnnpack_quantizer(per_channel: bool, calibrator: str):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    cfg = get_symmetric_quantization_config(is_per_channel=per_channel)
+    if calibrator == "minmax":
+        from torchao.quantization.pt2e import MinMaxObserver
+
+        act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        cfg = dataclasses.replace(cfg, input_activation=act, output_activation=act)
+    return XNNPACKQuantizer().set_global(cfg)
+
+
+def quantize(torch, model, sample, calib: np.ndarray, cfg):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(torch.export.export(model, (sample,)).module(), xnnpack_quantizer(cfg.per_channel, cfg.calibrator))
+    with torch.no_grad():
+        for i in range(len(calib)):  # the exported graph is specialised to the sample's batch of 1
+            prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 1], dtype=np.float32)))
+    return convert_pt2e(prepared)
+
+
+class WhyNotXnnpack(logging.Handler):
+    """Collects the XNNPACK partitioner's reasons for leaving a node out (its ``WhyNoPartition`` debug
+    records, node name -> reason) while attached to the ``executorch.backends.xnnpack`` logger."""
+
+    LOGGER = "executorch.backends.xnnpack"
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.reasons: dict[str, str] = {}
+
+    def emit(self, record) -> None:
+        node, reason = getattr(record.msg, "node", None), getattr(record.msg, "reason", None)
+        if node is not None and reason:
+            self.reasons.setdefault(str(getattr(node, "name", node)), str(reason))
+
+    def __enter__(self):
+        log = logging.getLogger(self.LOGGER)
+        self._saved = (log.level, log.propagate)
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        log = logging.getLogger(self.LOGGER)
+        log.removeHandler(self)
+        log.setLevel(self._saved[0])
+        log.propagate = self._saved[1]
+
+
+def outside_delegate(edge_program, reasons: dict[str, str]) -> list[dict]:
+    """The ops the lowering left outside XNNPACK (they run in ExecuTorch's CPU kernels):
+    [{op, count, reason}] with the partitioner's reason where it gave one."""
+    found: dict[str, dict] = {}
+    for node in edge_program.graph.nodes:
+        if node.op != "call_function" or node.target.__class__.__name__ == "builtin_function_or_method":
+            continue
+        name = str(node.target)
+        if name == DELEGATE or getattr(node.target, "__name__", "") == DELEGATE:
+            continue
+        short = re.sub(r"^<EdgeOpOverload: ([^>]+)>.*$", r"\1", name)
+        entry = found.setdefault(short, {"op": short, "count": 0})
+        entry["count"] += 1
+        if node.name in reasons:
+            entry.setdefault("reason", reasons[node.name])
+    return [found[k] for k in sorted(found)]
+
+
+def delegated_calls(edge_program) -> int:
+    return sum(1 for n in edge_program.graph.nodes if n.op == "call_function" and getattr(n.target, "__name__", str(n.target)) == DELEGATE)
+
+
+NOT_CORE = re.compile(r"Operator (?:torch\._ops\.)?(\S+?) is not in Core ATen opset")
+MISMATCH = re.compile(r"Operator: <EdgeOpOverload: ([^>]+)>")
+MISSING_KERNEL = re.compile(r"(?:Missing operator|missing kernel|kernel not found)[^\n]*?([\w:.]+)", re.I)
+
+
+def refusal(job: ExportJob, exc: Exception, step: str) -> WorkbenchError:
+    """A typed error for a failed lowering: the op named when ExecuTorch says which one it cannot take."""
+    text = str(exc)
+    for pattern in (NOT_CORE, MISMATCH):
+        m = pattern.search(text)
+        if m:
+            op = m.group(1).replace("torch._ops.", "")
+            why = "is not in the Core ATen opset ExecuTorch lowers" if pattern is NOT_CORE else \
+                "takes a tensor type ExecuTorch's edge dialect refuses (e.g. complex numbers)"
+            err = UnsupportedError(f"ExecuTorch cannot take the op {op} of '{job.handle.path}': it {why} "
+                                   f"(while {step}).",
+                                   hint="Replace that op in the model's forward with Core ATen ops, or export to another "
+                                        "format (--format onnx or --format tflite).")
+            err.op = op
+            return err
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:400]
+    hint = "--debug shows ExecuTorch's traceback. Try --format onnx or --format tflite."
+    if step.startswith("tracing"):
+        hint = "The model does not trace with torch.export: make its forward free of data-dependent Python control flow. " + hint
+    return RuntimeFailure(f"ExecuTorch could not export '{job.handle.path}' ({job.config.scheme}) while {step}: "
+                          f"{type(exc).__name__}: {first}", hint=hint)
+
+
+def lower(job: ExportJob) -> dict:
+    """Trace, quantize (int8), lower to XNNPACK and write the program to ``job.out``."""
+    exir = import_exir()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    torch, model, sample = traceable(job.handle)
+    cfg = job.config
+    step = "tracing with torch.export"
+    try:
+        with captured_output():
+            if cfg.scheme == "int8":
+                step = "quantizing with XNNPACKQuantizer (PT2E prepare, calibration, convert)"
+                model = quantize(torch, model, sample, job.calib, cfg)
+                step = "tracing the quantized model with torch.export"
+            exported = torch.export.export(model, (sample,))
+            step = "lowering to the edge dialect and XNNPACK (to_edge_transform_and_lower)"
+            with WhyNotXnnpack() as why:
+                edge = exir.to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+            graph = edge.exported_program()
+            left, delegated = outside_delegate(graph, why.reasons), delegated_calls(graph)
+            step = "writing the program (to_executorch)"
+            program = edge.to_executorch()
+            job.out.write_bytes(program.buffer)
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise refusal(job, exc, step) from exc
+    recipe = {"exporter": "executorch.exir.to_edge_transform_and_lower", "backend": "XNNPACK", "scheme": cfg.scheme,
+              "xnnpack_partitions": delegated, "ops_outside_xnnpack": left}
+    if cfg.scheme == "int8":
+        recipe.update({"quantizer": "XNNPACKQuantizer (PT2E)", "per_channel": cfg.per_channel, "calibrator": cfg.calibrator})
+    return recipe
+
+
+def run(job: ExportJob) -> dict:
+    import warnings
+
+    from workbench.export import parity
+
+    recipe = lower(job)
+    x = parity.parity_inputs(job.handle.inputs[0].shape, job.calib)
+    ref = parity.run_outputs(job.handle, x)
+    try:
+        cand = parity.run_outputs(job.out, x)
+    except WorkbenchError as exc:
+        op = MISSING_KERNEL.search(exc.message)
+        raise UnsupportedError(f"ExecuTorch wrote a program of '{job.handle.path}' that its runtime cannot run: "
+                               f"{exc.message.split(': ', 1)[-1]}",
+                               hint="The runtime lacks a kernel for an op outside XNNPACK"
+                                    + (f" ({op.group(1)})" if op else "") + "; try --format onnx or --format tflite.") from None
+    what = f"PyTorch -> ExecuTorch ({job.config.scheme}) of '{job.handle.path}'"
+    if job.config.scheme == "float":
+        recipe["parity"] = parity.check_all(ref, cand, what)
+    else:
+        recipe["agreement_with_float"] = parity.measure_all(ref, cand)
+    if recipe["ops_outside_xnnpack"]:
+        ops = "; ".join(f"{o['op']} x{o['count']}" + (f" ({o['reason']})" if o.get("reason") else "")
+                        for o in recipe["ops_outside_xnnpack"])
+        warnings.warn(f"XNNPACK does not take these ops of '{job.handle.path}'; they run in ExecuTorch's portable CPU "
+                      f"kernels: {ops}.", stacklevel=2)
+    return recipe
+
+
+EXPORTERS.add(("torch", "executorch"), Exporter(
+    run=run, schemes=("float", "int8"), calibrators=("minmax", "mse"), per_tensor=True, keep_float=False,
+    io_dtypes=("float32",), precheck=refuse_torchscript,
+    note="ExecuTorch with the XNNPACK backend; int8 programs quantize inside and keep float inputs and outputs."))

@@ -1,0 +1,69 @@
+"""ExecuTorch programs (.pte): the signature of their ``forward`` method, read by the ExecuTorch runtime.
+
+The runtime's Python bindings link against libtorch (``executorch.runtime`` imports torch), so reading a
+.pte costs a torch import: it is done here, lazily, and only for .pte files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.core.errors import ModelFormatError
+from workbench.core.quiet import captured_output, import_quietly
+from workbench.frontends.handle import ModelHandle
+from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
+
+METHOD = "forward"
+
+# ExecuTorch's ScalarType codes (the runtime's TensorInfo.dtype()) -> numpy dtype names.
+SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
+
+
+def import_runtime():
+    """``executorch.runtime`` (it imports torch and prints CPU-probing lines from C++: kept off the terminal)."""
+    return import_quietly("torch", "executorch.runtime", extra="executorch", purpose="Running ExecuTorch (.pte) programs")
+
+
+def open_program(path: Path, **kwargs):
+    """(program, forward method) of a .pte; a file the runtime refuses is a ModelFormatError naming why."""
+    rt = import_runtime()
+    try:
+        with captured_output(python_streams=False):
+            program = rt.Runtime.get().load_program(Path(path), **kwargs)
+            if METHOD not in program.method_names:
+                raise ModelFormatError(f"The ExecuTorch program '{path}' has no '{METHOD}' method "
+                                       f"(it has: {', '.join(sorted(program.method_names)) or 'none'}).",
+                                       hint="Export the model's forward with torch.export and executorch.exir.")
+            method = program.load_method(METHOD)
+    except ModelFormatError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        raise ModelFormatError(f"The ExecuTorch runtime could not load '{path}': {(msg[0] if msg else type(exc).__name__)[:300]}",
+                               hint="The file may be truncated, from another ExecuTorch version, or need a backend or "
+                                    "operator this runtime was built without (see the runtime's log with --debug).") from None
+    return program, method
+
+
+def tensor_specs(meta, count: int, get, prefix: str) -> tuple:
+    out = []
+    for i in range(count):
+        info = get(i)
+        dtype = SCALAR_TYPES.get(int(info.dtype()), f"scalar_type_{int(info.dtype())}")
+        out.append(spec_from(f"{prefix}_{i}", tuple(int(d) for d in info.sizes()), dtype))
+    return tuple(out)
+
+
+def method_specs(method) -> tuple[tuple, tuple]:
+    meta = method.metadata
+    ins = tensor_specs(meta, meta.num_inputs(), meta.input_tensor_meta, "input")
+    outs = tensor_specs(meta, meta.num_outputs(), meta.output_tensor_meta, "output")
+    return ins, outs
+
+
+@LOADERS.register("pte")
+def load_pte(path: Path, opts: LoadOptions) -> ModelHandle:
+    _program, method = open_program(path)
+    ins, outs = method_specs(method)
+    return ModelHandle(path=path, format="pte", framework="executorch", inputs=ins, outputs=outs,
+                       meta={"method": METHOD})
