@@ -136,3 +136,31 @@ def test_json_stdout_stays_clean_and_cwd_untouched(onnx_models, tmp_path):
     assert doc["artifact"]["format"] == "tflite" and doc["recipe"]["input_layout"]["tflite"] == "NHWC"
     assert list(cwd.iterdir()) == []  # onnx2tf writes schema files and reports beside its output: not here
     assert "flatbuffer_direct" not in r.stderr  # its progress bars stay in the child
+
+
+def test_an_nhwc_onnx_input_is_kept_as_it_is(tmp_path):
+    """An ONNX whose input is NHWC already (as Keras models export): onnx2tf would read it as NCHW and write an
+    N,H,C,W input behind a TRANSPOSE; the converter keeps it, and parity runs without a transpose."""
+    import torch
+
+    from workbench.frontends import load
+
+    net = load(MODELS / "digits_torch.pt", factory="workbench.builtin.models.reference:digits_torch").obj.eval()
+
+    class ChannelLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x.permute(0, 3, 1, 2))
+
+    src = tmp_path / "nhwc.onnx"
+    torch.onnx.export(ChannelLast(), (torch.zeros(1, 8, 8, 1),), str(src), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"])
+    art = api.convert(src, "tflite", tmp_path / "nhwc.tflite")
+    recipe = art.extra["recipe"]
+    assert recipe["input_layout"] == {"onnx": "NHWC", "tflite": "NHWC", "permutation": [0, 1, 2, 3], "transposed": False}
+    assert api.load(art.path).inputs[0].shape == (1, 8, 8, 1)
+    assert recipe["float_parity"]["max_abs_error"] < 1e-4
+    assert api.load(art.path).meta["graph"].ops[0].kind != "TRANSPOSE"  # the input goes straight into the first conv

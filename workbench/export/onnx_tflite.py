@@ -8,7 +8,8 @@ int16x8, mixed-int16, dynamic, weight-int8, weight-int4, fp16) quantizes that fl
 
 Layout: onnx2tf turns channel-first inputs (NCHW, NCW, NCDHW) into channel-last ones (NHWC...), so the
 .tflite's signature input has the channel-last shape; the manifest records both layouts and the permutation
-(``input_layout``). Calibration and parity samples come in ONNX's layout and are transposed for the .tflite.
+(``input_layout``). An input that is NHWC already (a Keras model's ONNX) is kept as it is: by default onnx2tf
+would read it as NCHW and write an N,H,C,W input behind a TRANSPOSE (measured on the digits Keras model). Calibration and parity samples come in ONNX's layout and are transposed for the .tflite.
 Which permutation the file wants is read from its input shape, and measured on the parity samples when
 the shape cannot tell (equal dimensions).
 
@@ -106,7 +107,9 @@ def convert_float(handle: ModelHandle, out: Path, shapes: dict[str, list[int]]) 
     """onnx2tf in a child process, its float32 .tflite copied to ``out``; returns what it reported."""
     with tempfile.TemporaryDirectory(prefix="workbench-onnx2tf-") as tmp:
         t = Path(tmp)
-        req = {"src": str(Path(handle.path).resolve()), "work": str(t), "shapes": shapes, "result": str(t / "result.json")}
+        req = {"src": str(Path(handle.path).resolve()), "work": str(t), "shapes": shapes, "result": str(t / "result.json"),
+               # onnx2tf takes every rank-4 input for NCHW: an NHWC one would come out as N,H,C,W behind a TRANSPOSE
+               "channel_last_inputs": [s.name for s in handle.inputs if s.layout == "NHWC"]}
         (t / "request.json").write_text(json.dumps(req), encoding="utf-8")
         try:
             proc = subprocess.run([sys.executable, "-m", "workbench.export.onnx_tflite_child", str(t / "request.json")],

@@ -53,7 +53,8 @@ def main(request_path: str) -> int:
         import onnx2tf
 
         onnx2tf.convert(input_onnx_file_path=str(src), output_folder_path=str(work / "out"), non_verbose=True,
-                        not_use_onnxsim=True, report_op_coverage=True, tflite_backend="flatbuffer_direct")
+                        not_use_onnxsim=True, report_op_coverage=True, tflite_backend="flatbuffer_direct",
+                        keep_nwc_or_nhwc_or_ndhwc_input_names=req.get("channel_last_inputs") or None)
         result = {"ok": True, "onnx2tf": getattr(onnx2tf, "__version__", "?")}
     except BaseException as exc:  # reported to the parent, which raises a typed error (SystemExit included: onnx2tf exits on some errors)
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
