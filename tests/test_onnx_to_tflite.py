@@ -164,3 +164,14 @@ def test_an_nhwc_onnx_input_is_kept_as_it_is(tmp_path):
     assert api.load(art.path).inputs[0].shape == (1, 8, 8, 1)
     assert recipe["float_parity"]["max_abs_error"] < 1e-4
     assert api.load(art.path).meta["graph"].ops[0].kind != "TRANSPOSE"  # the input goes straight into the first conv
+
+
+def test_without_onnx2tf_the_export_says_how_to_install_it(onnx_models, tmp_path, monkeypatch):
+    from workbench.core.errors import MissingDependencyError
+    from workbench.export import onnx_tflite
+
+    monkeypatch.setattr(onnx_tflite, "onnx2tf_version", lambda: None)
+    with pytest.raises(MissingDependencyError) as e:
+        api.convert(onnx_models["digits"], "tflite", tmp_path / "x.tflite")
+    assert e.value.exit_code == 3 and "requirements-onnx2tf.txt" in str(e.value)
+    assert not (tmp_path / "x.tflite").exists()
