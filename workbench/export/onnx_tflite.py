@@ -9,9 +9,10 @@ int16x8, mixed-int16, dynamic, weight-int8, weight-int4, fp16) quantizes that fl
 Layout: onnx2tf turns channel-first inputs (NCHW, NCW, NCDHW) into channel-last ones (NHWC...), so the
 .tflite's signature input has the channel-last shape; the manifest records both layouts and the permutation
 (``input_layout``). An input that is NHWC already (a Keras model's ONNX) is kept as it is: by default onnx2tf
-would read it as NCHW and write an N,H,C,W input behind a TRANSPOSE (measured on the digits Keras model). Calibration and parity samples come in ONNX's layout and are transposed for the .tflite.
-Which permutation the file wants is read from its input shape, and measured on the parity samples when
-the shape cannot tell (equal dimensions).
+would read it as NCHW and write an N,H,C,W input behind a TRANSPOSE (measured on the digits Keras model).
+Calibration and parity samples come in ONNX's layout and are transposed for the .tflite. Which permutation
+the file wants is read from its input shape, and measured on the parity samples when the shape cannot tell
+(equal dimensions). Measured too: an NCW Conv1d model converts to an NWC input (2.2e-8 from ONNX Runtime).
 
 Checks: the float file against ONNX Runtime on the same inputs (max abs error, argmax agreement; fails
 above the float tolerance), and every quantized file against ONNX Runtime (measured and recorded, judged by
@@ -30,9 +31,11 @@ Choice of converter, measured: onnx2tf 2.x declares Requires-Python >= 3.12 and 
 onnxruntime 1.26, numpy 2.2 and ai-edge-litert 2.1, but its flatbuffer_direct path runs on 3.11 with the
 pinned set; installed ``--no-deps --ignore-requires-python`` with the two packages it imports
 (psutil, sng4onnx: ``requirements-onnx2tf.txt``, installed by the Makefile), it moves no pin. Its own int8
-output is not used (it failed here); ai-edge-quantizer's is. onnx2tf 1.29 (what pip picks on 3.11) needs
-TensorFlow 2.19 and would downgrade six pins; onnx2keras installs but knows 55 ONNX ops (onnx2tf's registry:
-192); onnx2torch needs a CUDA-only torchvision.
+(``output_integer_quantized_tflite``) is not used: on the digits model it stops with "strict integer quantization
+requires custom_input_op_name_np_data_path entries" (calibration .npy files with mean and std), and every scheme
+of the ``.tflite`` path (ai-edge-quantizer) applies to onnx2tf's float file as to any other. onnx2tf 1.29
+(what pip picks on 3.11) needs TensorFlow 2.19 and would downgrade six pins; onnx2keras installs but knows
+55 ONNX ops (onnx2tf 2.6.9's registry: 192); onnx2torch needs a CUDA-only torchvision.
 """
 
 from __future__ import annotations
