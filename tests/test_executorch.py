@@ -141,3 +141,19 @@ def test_unavailable_options_are_refused_before_any_work():
     r = CliRunner().invoke(main, ["quantize", str(src), "--factory", factory, "--format", "executorch",
                                   "--scheme", "int16x8", "--calib", "digits:train", "-o", "never.pte"])
     assert r.exit_code == 2 and "float, int8" in r.output
+
+
+def test_profile_a_pte_with_per_op_times_from_etdump(pte):
+    from workbench import profile as profiling
+
+    art = pte("fashion", "float")
+    rep = profiling.profile(art.path, threads=1, runs=10, warmup=2, per_op_runs=5)
+    assert rep["runtime"]["name"] == "executorch" and rep["runtime"]["threads"] == 1
+    assert rep["model"]["format"] == "pte" and rep["latency"]["p50_ms"] > 0
+    ops = rep["ops"]
+    kinds = {o["kind"] for o in ops}
+    assert {"Convolution", "Fully Connected"} <= kinds, kinds  # XNNPACK's own op names
+    assert any(o["provider"] == "executorch kernels" and "mean" in o["name"] for o in ops), ops  # the portable mean.dim
+    assert all(o["latency_ms"] >= 0 for o in ops) and sum(o["latency_ms"] for o in ops) > 0
+    r = CliRunner().invoke(main, ["profile", str(art.path), "--runtime", "litert"])
+    assert r.exit_code == 2 and "executorch" in r.output

@@ -16,19 +16,20 @@ INTERRUPTED = 130
 
 @click.command("profile")
 @click.argument("model", type=click.Path())
-@click.option("--runtime", type=click.Choice(["litert", "ort"]), default=None,
-              help="Runtime to measure in. Default: LiteRT for .tflite, ONNX Runtime for .onnx/.ort.")
+@click.option("--runtime", type=click.Choice(["litert", "ort", "executorch"]), default=None,
+              help="Runtime to measure in. Default: LiteRT for .tflite, ONNX Runtime for .onnx/.ort, ExecuTorch for .pte.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads. Default: every core of the device.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed inferences.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed inferences first.")
 @click.option("--remote", metavar="USER@HOST",
               help="Profile on this board over ssh. It needs python3 with numpy and a runtime "
-                   "(ai-edge-litert, tflite-runtime or onnxruntime); workbench need not be installed there.")
+                   "(ai-edge-litert, tflite-runtime or onnxruntime; executorch, which brings torch, for a .pte); "
+                   "workbench need not be installed there.")
 @click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPT",
               help="An ssh -o option, e.g. Port=2222 or IdentityFile=~/.ssh/pi (repeatable).")
 @click.option("--remote-python", default="python3", show_default=True, metavar="PATH",
               help="The Python to run on the board (e.g. a venv's bin/python3).")
-@click.option("--no-per-op", is_flag=True, help="Skip the per-op timing pass (ONNX Runtime).")
+@click.option("--no-per-op", is_flag=True, help="Skip the per-op timing pass (ONNX Runtime, ExecuTorch).")
 @click.option("--input-shape", callback=parse_shape, metavar="DIMS",
               help="The first input's shape, batch first (e.g. 1,3,640,640): fills its dynamic dims. Required when a "
                    "dim other than the batch is dynamic; a dynamic batch alone is timed at 1.")

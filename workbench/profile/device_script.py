@@ -6,7 +6,7 @@ This file is used in two ways:
 * imported, as ``workbench.profile.device_script``, by ``workbench.profile.run.profile``;
 * as a self-contained script on a board that has no workbench install, only Python 3.7+,
   numpy and a runtime (ai-edge-litert, tflite-runtime or tensorflow for .tflite;
-  onnxruntime for .onnx/.ort)::
+  onnxruntime for .onnx/.ort; executorch, which brings torch, for .pte)::
 
       python3 profiler.py model.tflite --runs 50 > report.json
 
@@ -364,11 +364,138 @@ def _dtype_name(dt):
         return str(dt)
 
 
-BACKENDS = {"litert": LiteRTBackend, "ort": OrtBackend}
+# ExecuTorch's ScalarType codes (TensorInfo.dtype()) -> numpy dtype names.
+ET_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
+
+
+class ExecuTorchBackend:
+    """.pte programs in ExecuTorch's runtime (``executorch.runtime``, whose bindings load libtorch: the
+    board needs torch and executorch). Per-op times come from an ETDump read by ExecuTorch's Inspector."""
+
+    name = "executorch"
+    suffix = ".pte"
+
+    def __init__(self, threads, input_shape=None):
+        try:
+            import torch
+            from executorch import runtime as et_runtime
+        except ImportError as exc:
+            raise ProfilerError("missing_dependency", "executorch is not installed for %s (%s)." % (sys.executable, exc),
+                                hint="Install it: python3 -m pip install executorch (it brings torch).",
+                                pip="executorch") from None
+        self.torch, self.rt = torch, et_runtime
+        self.module_name = "executorch"
+        self.version = _dist_version("executorch", "executorch")
+        self.threads = threads
+        self.input_shape = input_shape
+        self.shapes = []
+        if threads:  # the runtime's one thread pool, shared by XNNPACK's kernels
+            try:
+                from executorch.extension.pybindings import portable_lib
+
+                portable_lib._unsafe_reset_threadpool(int(threads))
+            except (ImportError, AttributeError):
+                pass
+
+    def _method(self, path, **kwargs):
+        try:
+            program = self.rt.Runtime.get().load_program(path, **kwargs)
+            return program, program.load_method("forward")
+        except Exception as exc:  # the runtime raises RuntimeError and its own types
+            raise ProfilerError("model_load", "executorch could not load the program: %s" % _first_line(exc),
+                                hint="The file may be from another ExecuTorch version, or need a backend or kernel "
+                                     "this runtime was built without.")
+
+    def load(self, path):
+        self.program, self.method = self._method(path)
+        meta = self.method.metadata
+        self._in = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+        self.shapes = [resolve_shape("input_%d" % k, [int(d) for d in t.sizes()], self.input_shape if k == 0 else None)
+                       for k, t in enumerate(self._in)]
+
+    def inputs(self):
+        return [{"name": "input_%d" % k, "shape": list(shape), "dtype": ET_SCALAR_TYPES.get(int(t.dtype()), str(t.dtype())),
+                 "source": source} for k, (t, (shape, source)) in enumerate(zip(self._in, self.shapes))]
+
+    def make_feeds(self, np, rng):
+        return [self.torch.from_numpy(_random_input(np, rng, tuple(shape), ET_SCALAR_TYPES.get(int(t.dtype()), "float32")))
+                for t, (shape, _) in zip(self._in, self.shapes)]
+
+    def run(self, feeds):
+        return [y.numpy() for y in self.method.execute(feeds)]
+
+    timed_call = "Method.execute() (the input tensors are made once before the runs)"
+
+    def timed(self, feeds):
+        execute = self.method.execute
+        return lambda: execute(feeds)
+
+    def per_op(self, path, feeds, runs):
+        folder = tempfile.mkdtemp(prefix="workbench-etdump-")
+        try:
+            program, method = self._method(path, enable_etdump=True, debug_buffer_size=0)
+            for _ in range(runs + 1):  # the first run is dropped: it includes one-time set-up
+                method.execute(feeds)
+            etdump = os.path.join(folder, "profile.etdp")
+            program.write_etdump_result_to_file(etdump, os.path.join(folder, "debug.bin"))
+            try:
+                from executorch.devtools import Inspector
+            except ImportError as exc:
+                return None, "ExecuTorch's Inspector (executorch.devtools) does not import here: %s" % _first_line(exc)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Output Buffer not found": no tensor data was asked for
+                inspector = Inspector(etdump_path=etdump)
+            ops = parse_etdump_events(inspector.event_blocks)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return ops, ("ExecuTorch ETDump read by executorch.devtools.Inspector, median of %d runs; XNNPACK reports "
+                     "its ops' times to the microsecond" % runs)
+
+    def info(self):
+        return {"name": self.name, "module": self.module_name, "version": self.version, "threads": self.threads}
+
+
+ET_CONTAINERS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
+
+
+def parse_etdump_events(event_blocks):
+    """Per-op times (ms per run) from Inspector event blocks, in execution order: the ops inside
+    delegates (XNNPACK's) and the ops run by ExecuTorch's own kernels; the method and delegate-call
+    containers are left out. The first run of each op is dropped (set-up)."""
+    ops = []
+    for block in event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            perf = getattr(event, "perf_data", None)
+            if event.name in ET_CONTAINERS or perf is None or not perf.raw:
+                continue
+            times = sorted(float(t) for t in (perf.raw[1:] if len(perf.raw) > 1 else perf.raw))
+            ops.append({"index": len(ops), "name": event.name, "kind": _et_kind(event),
+                        "latency_ms": _percentile(times, 50), "mean_ms": sum(times) / len(times),
+                        "provider": getattr(event, "delegate_backend_name", None)
+                        or ("XnnpackBackend" if getattr(event, "is_delegated_op", False) else "executorch kernels")})
+    return ops
+
+
+def _et_kind(event):
+    """XNNPACK's "Convolution (NHWC, QC8) IGEMM #2" -> "Convolution"; a kernel's op type as recorded."""
+    types = getattr(event, "op_types", None) or []
+    if types:
+        return str(types[0])
+    return event.name.split(" (")[0].split(" #")[0]
+
+
+BACKENDS = {"litert": LiteRTBackend, "ort": OrtBackend, "executorch": ExecuTorchBackend}
 
 
 def runtime_for_bytes(head):
-    """The runtime for a model from its first bytes: a TFLite flatbuffer says TFL3 at byte 4."""
+    """The runtime for a model from its first bytes: a TFLite flatbuffer says TFL3 at byte 4, an ExecuTorch
+    program ET and a schema version."""
+    if len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit():  # an ExecuTorch program ("ET12")
+        return "executorch"
     return "litert" if len(head) >= 8 and head[4:8] == b"TFL3" else "ort"
 
 

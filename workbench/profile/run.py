@@ -49,13 +49,13 @@ __all__ = ["ProfileSettings", "RemoteTarget", "profile", "profile_remote",
 Progress = Callable[[dict], None]
 
 # The runtime a model format is profiled in when none is named.
-RUNTIME_FOR_FORMAT = {"tflite": "litert", "onnx": "ort", "ort": "ort"}
-FORMATS_FOR_RUNTIME = {"litert": ("tflite",), "ort": ("onnx", "ort")}
+RUNTIME_FOR_FORMAT = {"tflite": "litert", "onnx": "ort", "ort": "ort", "pte": "executorch"}
+FORMATS_FOR_RUNTIME = {"litert": ("tflite",), "ort": ("onnx", "ort"), "executorch": ("pte",)}
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    runtime: str | None = None  # litert | ort; None: from the model's format
+    runtime: str | None = None  # litert | ort | executorch; None: from the model's format
     threads: int | None = None  # None: every core of the machine that runs the profile
     runs: int = 100
     warmup: int = 10
@@ -140,7 +140,8 @@ def _model_runtime(path: Path, runtime: str | None) -> tuple[str, str]:
     fmt = detect_format(path)
     if fmt not in RUNTIME_FOR_FORMAT:
         raise UnsupportedError(
-            f"'{path}' is a {fmt} model; the profiler runs .tflite (LiteRT) and .onnx/.ort (ONNX Runtime) models.",
+            f"'{path}' is a {fmt} model; the profiler runs .tflite (LiteRT), .onnx/.ort (ONNX Runtime) and .pte "
+            "(ExecuTorch) models.",
             hint="Export it first: workbench export MODEL --format tflite -o model.tflite")
     runtime = runtime or RUNTIME_FOR_FORMAT[fmt]
     if fmt not in FORMATS_FOR_RUNTIME[runtime]:
@@ -213,6 +214,8 @@ def _shape(shape) -> tuple[int, ...] | None:
 
 def _declared_inputs(path: Path, fmt: str) -> list[tuple[str, tuple | None]]:
     """(name, shape with None for dynamic dims) of each model input, read from the file on this machine."""
+    if fmt == "pte":
+        return []  # read by the ExecuTorch runtime where the program runs (reading it here would import torch)
     if fmt == "tflite":
         from workbench.frontends.tflite_reader import read_tflite as read
     elif fmt == "ort":
