@@ -90,6 +90,27 @@ class NpuSpec:
 
 
 @dataclass(frozen=True)
+class MemorySpec:
+    """The board's code memory as the firmware timing model sees it (workbench.emulate.firmware.timing).
+
+    ``flash_wait_states``: wait states of the code flash at the profile's clock (datasheet /
+    reference manual); ``accelerator``: what hides them (prefetch, flash cache, ART, I-cache);
+    ``stall_fraction``: the share of flash fetches (after a taken branch, per load of constant
+    data) that still pay the wait states -- a board constant set from published rows marked
+    ``use: fit`` (``calibration`` says which); ``source``: where the wait states come from."""
+
+    flash_wait_states: int
+    accelerator: str
+    stall_fraction: float
+    source: str
+    calibration: str = ""
+
+    def to_dict(self) -> dict:
+        return {"flash_wait_states": self.flash_wait_states, "accelerator": self.accelerator,
+                "stall_fraction": self.stall_fraction, "source": self.source, "calibration": self.calibration}
+
+
+@dataclass(frozen=True)
 class Source:
     fact: str
     url: str
@@ -111,6 +132,7 @@ class Target:
     sources: tuple[Source, ...]
     assumptions: tuple[str, ...] = ()
     npu: NpuSpec | None = None  # a board with an NPU: emulate compiles the model for it (workbench.emulate.npu)
+    memory: MemorySpec | None = None  # MCU code memory for the firmware timing model (flash wait states, accelerator)
     path: str = ""
 
     def __post_init__(self):
@@ -148,6 +170,7 @@ class Target:
             "sources": [{"fact": s.fact, "url": s.url} for s in self.sources],
             "assumptions": list(self.assumptions),
             **({"npu": self.npu.to_dict()} if self.npu is not None else {}),
+            **({"memory": self.memory.to_dict()} if self.memory is not None else {}),
             "path": self.path,
         }
 
@@ -265,6 +288,7 @@ def target_from_dict(d: dict, where: str) -> Target:
     if not isinstance(assumptions, list) or not all(isinstance(a, str) for a in assumptions):
         raise r.fail("assumptions", "a list of strings", assumptions)
     npu = _npu(r, d["npu"]) if d.get("npu") is not None else None
+    memory = _memory(r, d["memory"]) if d.get("memory") is not None else None
     flash = d.get("flash_bytes", _MISSING)
     if flash is _MISSING:
         raise r.fail("flash_bytes", "a positive whole number, or null for external storage", _MISSING)
@@ -285,6 +309,7 @@ def target_from_dict(d: dict, where: str) -> Target:
         sources=tuple(sources),
         assumptions=tuple(assumptions),
         npu=npu,
+        memory=memory,
         path=where,
     )
 
@@ -312,6 +337,23 @@ def _npu(r: _Reader, n) -> NpuSpec:
                    sram_bytes=r.get(n, "sram_bytes", "npu.", "pos_int"),
                    flash_bytes=r.get(n, "flash_bytes", "npu.", "pos_int", required=False),
                    arena_cache_size=r.get(n, "arena_cache_size", "npu.", "pos_int", required=False))
+
+
+_MEMORY_FIELDS = ("flash_wait_states", "accelerator", "stall_fraction", "source", "calibration")
+
+
+def _memory(r: _Reader, m) -> MemorySpec:
+    if not isinstance(m, dict):
+        raise r.fail("memory", "a mapping (flash_wait_states, accelerator, stall_fraction, source)", m)
+    unknown = sorted(set(m) - set(_MEMORY_FIELDS))
+    if unknown:
+        raise ConfigError(f"Target file '{r.where}': unknown field 'memory.{unknown[0]}'. Known fields: "
+                          f"{', '.join(_MEMORY_FIELDS)}.")
+    return MemorySpec(flash_wait_states=r.get(m, "flash_wait_states", "memory.", "nonneg_int"),
+                      accelerator=r.get(m, "accelerator", "memory.", "str"),
+                      stall_fraction=r.get(m, "stall_fraction", "memory.", "fraction"),
+                      source=r.get(m, "source", "memory.", "str"),
+                      calibration=r.get(m, "calibration", "memory.", "str", default="", required=False))
 
 
 def load_target_file(path: str | Path) -> Target:

@@ -1,0 +1,113 @@
+"""Cycles of a firmware image on a board: the instruction trace costed by the core timing model.
+
+``firmware_cycles`` traces one inference (``trace``), costs every translation block once
+for the core (``timing``), and returns per invocation and per op the instruction-class
+histogram, the lower bound (zero wait states) and the board estimate (the target's
+``memory``), in cycles and milliseconds at the target's clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+from workbench.emulate.firmware import timing as tm
+from workbench.emulate.firmware import trace as tr
+
+ROUTE = ("QEMU TB log (-d in_asm,exec,nochain), joined by address with arm-none-eabi-objdump -d of the ELF; "
+         "classes and cycles: workbench/emulate/firmware/timing_tables.py")
+
+
+def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer_instructions: tuple | None = None,
+                    op_names: dict | None = None, timeout: float = 900.0) -> dict | None:
+    """The timing of one inference of ``elf`` on ``target``; None when the core has no timing table.
+    ``timer_instructions``: (fewest, most) instructions of one inference by the timer, checked
+    against the trace."""
+    core = tm.core_timing(machine.core)
+    if core is None:
+        return None
+    t0 = time.perf_counter()
+    insns = tr.disassemble(elf)
+    syms = tr.symbols(elf)
+    trace = tr.run_trace(qemu, machine.qemu_machine, elf, one_sample, insns, syms, timeout=timeout)
+    trace_seconds = time.perf_counter() - t0
+    diff = tr.check_total(trace, *timer_instructions) if timer_instructions else None
+    missing = _Missing()
+    costs = {tb: tm.cost_tb([insns.get(a) or missing.at(a) for a in addrs], core) for tb, addrs in trace.tbs.items()}
+    memory = getattr(target, "memory", None)
+    clock_hz = float(target.clock_mhz) * 1e6
+    per_win = {w: tm.window_cycles(runs, trace.fallthrough[w], costs, core, trace.invocations)
+               for w, runs in trace.runs.items()}
+    total = tm.Cycles()
+    for c in per_win.values():
+        _add(total, c)
+    ops = []
+    for w in sorted(k for k in per_win if k != tr.INTERPRETER):
+        c = _inclusive(w, per_win, trace.parent)
+        ops.append({"index": w, "op": (op_names or {}).get(w, "?"), "depth": trace.depth.get(w, 0),
+                    "instructions": round(c.instructions), "taken_branches": round(c.taken), "loads": round(c.loads),
+                    "histogram": {k: round(v) for k, v in c.classes.items()}, "cycles_lower": round(c.lower),
+                    "cycles_board": round(tm.board_cycles(c, memory))})
+    board = tm.board_cycles(total, memory)
+    return {
+        "route": ROUTE,
+        "core_model": core.core,
+        "core_sources": list(core.sources),
+        "memory": memory.to_dict() if memory is not None else None,
+        "instructions": round(total.instructions),
+        "trace_vs_timer": None if diff is None else round(diff, 5),
+        "histogram": {k: round(v) for k, v in sorted(total.classes.items(), key=lambda kv: -kv[1])},
+        "taken_branches": round(total.taken),
+        "loads": round(total.loads),
+        "cycles_lower": round(total.lower),
+        "cycles_core": round(total.core_typical),
+        "cycles_board": round(board),
+        "latency_lower_ms": round(total.lower / clock_hz * 1e3, 4),
+        "latency_ms": round(board / clock_hz * 1e3, 4),
+        "clock_mhz": float(target.clock_mhz),
+        "per_op": ops,
+        "trace_seconds": round(trace_seconds, 2),
+        "unknown_addresses": missing.count,
+    }
+
+
+def on_board(timing: dict, memory, clock_mhz: float) -> dict:
+    """The same trace on another board of the same core: lower bound and board estimate in ms at
+    ``clock_mhz`` with ``memory`` (a MemorySpec-like object, or None for zero wait states)."""
+    c = tm.Cycles(instructions=timing["instructions"], lower=timing["cycles_lower"],
+                  core_typical=timing["cycles_core"], taken=timing["taken_branches"], loads=timing["loads"])
+    board = tm.board_cycles(c, memory)
+    hz = clock_mhz * 1e6
+    return {"cycles_lower": round(c.lower), "cycles_board": round(board),
+            "latency_lower_ms": c.lower / hz * 1e3, "latency_ms": board / hz * 1e3}
+
+
+class _Missing:
+    """An executed address objdump did not list (code outside the ELF's sections): costed as one ALU op."""
+
+    def __init__(self):
+        self.count = 0
+
+    def at(self, addr):
+        self.count += 1
+        return tr.Insn(addr, 2, "nop", "")
+
+
+def _add(a: tm.Cycles, b: tm.Cycles) -> None:
+    a.instructions += b.instructions
+    a.lower += b.lower
+    a.core_typical += b.core_typical
+    a.taken += b.taken
+    a.loads += b.loads
+    a.classes.update(b.classes)
+
+
+def _inclusive(w, per_win: dict, parent: dict) -> tm.Cycles:
+    """An op's cycles with those of the ops nested in it (the timer's per-op numbers are inclusive too)."""
+    out = tm.Cycles()
+    for k, c in per_win.items():
+        p = k
+        while p is not None and p != w:
+            p = parent.get(p)
+        if p == w:
+            _add(out, c)
+    return out

@@ -1,0 +1,120 @@
+"""Instruction classes of Thumb-2 and the cycles per class on each Cortex-M core, with sources.
+
+Mnemonics are objdump's (GNU) base mnemonics: condition, width (.w/.n), flag-setting ``s``
+and FP type suffixes are stripped by ``timing.base_mnemonic``. Classes:
+
+alu         data processing, shifts, moves, compares, extends, bit-field, saturate, CLZ/REV
+simd        packed 8/16-bit add/sub/extend/pack (SADD16, SXTB16, SXTAB16, PKHBT, SEL, ...)
+mul         32x32->32 multiply            mac   MLA/MLS
+mull        32x32->64 multiply(-accumulate) (SMULL/UMULL/SMLAL/UMLAL)
+dsp_mac     16-bit DSP multiplies and dual MACs (SMLAD, SMLABB, SMULBB, SMUAD, SMMLA, SMLALD, ...)
+div         SDIV/UDIV                     load / store  single LDR*/STR* (and PLD)
+ldrd/strd   doubleword load/store         ldm / stm     LDM/POP, STM/PUSH (+ per register)
+branch      B/BL/BX/BLX/CBZ/CBNZ          table_branch TBB/TBH
+load_pc     LDR pc                        alu_pc  MOV/ADD to pc
+it          IT blocks                     fpu_*   single-precision FP (alu, mac, div/sqrt, load/store, multiple)
+system      barriers, MRS/MSR, CPS, SVC, BKPT, hints (NOP)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_GROUPS = {
+    "alu": "adc add addw adr and asr bic bfc bfi cmn cmp eor lsl lsr mov movw movt mvn neg orn orr rbit rev rev16 "
+           "revsh ror rrx rsb sbc sbfx sub subw teq tst ubfx uxtb uxth sxtb sxth clz ssat usat cpy",
+    "simd": "sadd16 sadd8 ssub16 ssub8 sasx ssax uadd16 uadd8 usub16 usub8 uasx usax qadd qsub qdadd qdsub qadd16 "
+            "qadd8 qsub16 qsub8 qasx qsax uqadd16 uqadd8 uqsub16 uqsub8 shadd16 shadd8 shsub16 shsub8 uhadd16 "
+            "uhadd8 uhsub16 uhsub8 sxtb16 sxtab16 sxtab sxtah uxtb16 uxtab16 uxtab uxtah pkhbt pkhtb sel ssat16 "
+            "usat16 usad8 usada8",
+    "mul": "mul",
+    "mac": "mla mls",
+    "mull": "smull umull smlal umlal umaal",
+    "dsp_mac": "smlad smladx smlsd smlsdx smlabb smlabt smlatb smlatt smlawb smlawt smulbb smulbt smultb smultt "
+               "smulwb smulwt smuad smuadx smusd smusdx smmul smmulr smmla smmlar smmls smmlsr smlald smlaldx smlsld "
+               "smlsldx smlalbb smlalbt smlaltb smlaltt",
+    "div": "sdiv udiv",
+    "load": "ldr ldrb ldrh ldrsb ldrsh ldrex ldrexb ldrexh ldrt ldrbt ldrht ldrsbt ldrsht pld pli lda ldab ldah",
+    "store": "str strb strh strex strexb strexh strt strbt strht stl stlb stlh",
+    "ldrd": "ldrd", "strd": "strd",
+    "ldm": "ldm ldmia ldmdb ldmfd ldmea pop",
+    "stm": "stm stmia stmdb stmfd stmea push",
+    "branch": "b bl bx blx cbz cbnz",
+    "table_branch": "tbb tbh",
+    "fpu_alu": "vadd vsub vmul vnmul vabs vneg vcmp vcmpe vcvt vcvtr vcvta vcvtn vcvtp vcvtm vmov vmrs vmsr vsel "
+               "vselgt vselge vseleq vselvs vmaxnm vminnm vrinta vrintn vrintp vrintm vrintr vrintx vrintz",
+    "fpu_mac": "vmla vmls vnmla vnmls vfma vfms vfnma vfnms",
+    "fpu_div": "vdiv vsqrt",
+    "fpu_load": "vldr", "fpu_store": "vstr",
+    "fpu_ldm": "vldm vldmia vldmdb vstm vstmia vstmdb vpush vpop",
+    "system": "nop dsb dmb isb mrs msr cpsid cpsie svc bkpt wfi wfe sev yield udf",
+}
+CLASS_OF: dict[str, str] = {m: cls for cls, names in _GROUPS.items() for m in names.split()}
+CLASSES = (*_GROUPS, "it", "load_pc", "alu_pc", "other")
+
+M4_TRM = ("Arm Cortex-M4 Processor Technical Reference Manual r0p1 (DDI 0439B), 3.3.1 'Cortex-M4 instruction set "
+          "summary', Table 3-1, and 7.2.3 FPU instruction timing, Table 7-1: "
+          "https://developer.arm.com/documentation/ddi0439/b/Programmers-Model/Instruction-set-summary/"
+          "Cortex-M4-instructions")
+M4_PIPELINING = ("Cortex-M4 TRM 3.3.2 'Load/store timings': neighbouring load/store singles pipeline, the next LDR "
+                 "costs one cycle less when its address does not use the previous load's result; STR Rx,[Ry,#imm] is "
+                 "one cycle (write buffer). Text reproduced in TI SWCU185G: https://ti.com/document-viewer/lit/html/"
+                 "SWCU185G/GUID-FBE636E5-15CD-4B40-8CC0-9FEE4F0E6EE1.html")
+M33_NOTE = ("The Cortex-M33 TRM (Arm 100230) publishes no per-instruction cycle table. Armv8-M Mainline with the "
+            "DSP extension runs the same Thumb-2 + DSP instructions on a 3-stage pipeline like the Cortex-M4's, so "
+            "the Cortex-M4 TRM cycles are used (the M33's limited dual issue of 16-bit pairs is not modelled, "
+            "so this errs slow): https://developer.arm.com/Processors/Cortex-M33")
+M7_NOTE = ("The Cortex-M7 TRM (DDI 0489) publishes no per-instruction cycle table. The M7 is a 6-stage in-order "
+           "superscalar core that issues up to two instructions per cycle (two ALUs, one MAC pipe, one load/store "
+           "pipe with a 64-bit path) and predicts branches (BTAC): https://developer.arm.com/Processors/Cortex-M7. "
+           "Model: per-class issue cost = 1 / (instructions of the class the core can start per cycle) -- ALU and "
+           "SIMD pair (0.5), multiplies and loads/stores use their single pipe (1), a taken branch costs what a "
+           "predicted branch costs (0 extra at the lower bound, 1 typical); pairing limits and dependencies are "
+           "not modelled")
+
+
+@dataclass(frozen=True)
+class CoreTiming:
+    core: str
+    cycles: dict  # class -> issue cycles (ldm/stm/fpu_ldm: the base, plus per_register for each register)
+    per_register: float
+    refill_min: float  # extra cycles of a taken branch (pipeline refill P), shortest
+    refill_typ: float  # ... typical
+    load_pipelining: bool
+    sources: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {"core": self.core, "cycles": dict(self.cycles), "per_register": self.per_register,
+                "refill_min": self.refill_min, "refill_typ": self.refill_typ,
+                "load_pipelining": self.load_pipelining, "sources": list(self.sources)}
+
+
+# Cortex-M4 TRM Table 3-1 (P = pipeline refill, 1 to 3 cycles "depending on the alignment and width of
+# the target instruction, and whether the processor manages to speculate the address early"; N = registers):
+# ALU 1; MUL 1; MLA/MLS 2; SMULL/UMULL/SMLAL/UMLAL 1; DSP multiplies and dual MACs 1; SDIV/UDIV 2-12;
+# LDR 2; STR 2 (1 when pipelined, see M4_PIPELINING); LDRD/STRD 1+N = 3; LDM/STM/PUSH/POP 1+N;
+# B/BL/BX/BLX 1+P (1 when a conditional branch is not taken); CBZ/CBNZ 1 or 1+P; TBB/TBH 2+P;
+# LDR pc 2+P; POP {..., pc} 1+N+P; IT 1 (may fold to 0). Table 7-1: VADD/VSUB/VMUL/VABS/VNEG/VCMP/
+# VCVT/VMOV 1; VMLA/VFMA 3; VDIV/VSQRT 14; VLDR/VSTR 2; VLDM/VSTM/VPUSH/VPOP 1+N.
+_M4_CYCLES = {
+    "alu": 1, "simd": 1, "mul": 1, "mac": 2, "mull": 1, "dsp_mac": 1, "div": 7,  # 2-12: middle of the range
+    "load": 2, "store": 1, "ldrd": 3, "strd": 3, "ldm": 1, "stm": 1, "branch": 1, "table_branch": 2,
+    "load_pc": 2, "alu_pc": 1, "it": 1, "fpu_alu": 1, "fpu_mac": 3, "fpu_div": 14, "fpu_load": 2,
+    "fpu_store": 2, "fpu_ldm": 1, "system": 1, "other": 1,
+}
+
+_M7_CYCLES = {
+    "alu": 0.5, "simd": 0.5, "mul": 1, "mac": 1, "mull": 1, "dsp_mac": 1, "div": 7,
+    "load": 1, "store": 1, "ldrd": 1, "strd": 1, "ldm": 0.5, "stm": 0.5, "branch": 0.5, "table_branch": 2,
+    "load_pc": 2, "alu_pc": 1, "it": 0, "fpu_alu": 0.5, "fpu_mac": 1, "fpu_div": 14, "fpu_load": 1,
+    "fpu_store": 1, "fpu_ldm": 0.5, "system": 1, "other": 1,
+}
+
+CORES: dict[str, CoreTiming] = {
+    "Cortex-M4F": CoreTiming("Cortex-M4F", _M4_CYCLES, per_register=1, refill_min=1, refill_typ=2,
+                             load_pipelining=True, sources=(M4_TRM, M4_PIPELINING)),
+    "Cortex-M33": CoreTiming("Cortex-M33", _M4_CYCLES, per_register=1, refill_min=1, refill_typ=2,
+                             load_pipelining=True, sources=(M33_NOTE, M4_TRM, M4_PIPELINING)),
+    "Cortex-M7": CoreTiming("Cortex-M7", _M7_CYCLES, per_register=0.5, refill_min=0, refill_typ=1,
+                            load_pipelining=False, sources=(M7_NOTE,)),
+}
