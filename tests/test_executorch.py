@@ -157,3 +157,18 @@ def test_profile_a_pte_with_per_op_times_from_etdump(pte):
     assert all(o["latency_ms"] >= 0 for o in ops) and sum(o["latency_ms"] for o in ops) > 0
     r = CliRunner().invoke(main, ["profile", str(art.path), "--runtime", "litert"])
     assert r.exit_code == 2 and "executorch" in r.output
+
+
+def test_a_recipe_exports_and_evaluates_a_pte(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: et
+models:
+  - {{name: digits-torch, path: {SOURCES['digits'][0]}, factory: {DIGITS_FACTORY}}}
+data: {{calib: digits:train, eval: digits:test, eval_samples: 100, calib_samples: 64}}
+variants:
+  - {{name: float, scheme: float, formats: [executorch]}}
+""")
+    r = CliRunner().invoke(main, ["run", str(recipe), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "out").rglob("model.pte")), sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert '"executorch"' in r.stdout and "accuracy" in r.stdout

@@ -104,7 +104,7 @@ class TargetReport:
             "ram_budget_bytes": m.ram_budget if m else t.ram_bytes,
             "latency_ms": self.latency_ms,
             "latency_method": ("NPU compiler estimate (Vela) + cost model for the ops left on the CPU" if self.npu is not None
-                               else "firmware instructions x the core's fitted CPI" if self.firmware is not None
+                               else _firmware_method(self.firmware) if self.firmware is not None
                                and self.firmware.latency_ms is not None else "cost model estimate"),
             "latency_estimate_ms": round(self.latency.total_ms, 6),
             "method": self.method,
@@ -155,15 +155,29 @@ class TargetReport:
         rows = [o.to_dict() for o in self.latency.ops]
         if self.firmware is not None:
             by_index = {p["index"]: p for p in self.firmware.per_op if p.get("depth", 0) == 0}
+            timed = {p["index"]: p for p in (getattr(self.firmware, "timing", None) or {}).get("per_op", [])}
+            hz = self.firmware.clock_mhz * 1e6
             for r in rows:
                 p = by_index.get(r["index"])
                 if p is not None:
                     r["instructions"] = p["instructions"]
                     r["estimate_latency_ms"] = r.pop("latency_ms")
+                    q = timed.get(r["index"])
+                    if q is not None:  # the core timing model's cycles of this op
+                        r["cycles_lower"], r["cycles_board"] = q["cycles_lower"], q["cycles_board"]
+                        r["latency_ms"] = round(q["cycles_board"] / hz * 1e3, 6)
+                        continue
                     total = max(1, self.firmware.instructions)
                     r["latency_ms"] = (round(self.latency_ms * p["instructions"] / total, 6)
                                        if self.firmware.latency_ms is not None else None)
         return rows
+
+
+def _firmware_method(fw) -> str:
+    if getattr(fw, "timing", None):
+        return ("firmware on QEMU, executed instructions by class x the core's published instruction timings "
+                "+ the board's flash wait states (core timing model)")
+    return "firmware instructions x the core's fitted CPI"
 
 
 def render_text(report: TargetReport, max_ops: int = 40) -> str:
@@ -208,6 +222,14 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
     fw = report.firmware
     if report.npu is not None:
         lines.extend(_npu_lines(report.npu, d["latency_ms"]))
+    elif fw is not None and fw.latency_ms is not None and getattr(fw, "timing", None):
+        tmg = fw.timing
+        xc = ("" if fw.cpi_latency_ms is None else
+              f"; fitted-CPI cross-check {fw.cpi_latency_ms:.3f} ms (CPI fitted to TFLM 2.3.1 rows of 2020)")
+        lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware on QEMU {fw.machine}: {fw.instructions:,} instructions, "
+                     f"{tmg['cycles_board']:,} cycles on the board by the {tmg['core_model']} timing model, at least "
+                     f"{tmg['cycles_lower']:,} = {tmg['latency_lower_ms']:.3f} ms at zero wait states, "
+                     f"{t.clock_mhz:g} MHz{xc}; cost-model estimate {report.latency.total_ms:.3f} ms)")
     elif fw is not None and fw.latency_ms is not None:
         cpi = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in (fw.cpi or {}).items())
         fit = (d.get("firmware") or {}).get("cpi_fit") or {}

@@ -11,7 +11,7 @@ from workbench.core.registry import Registry
 
 # (handle, step options, recipe data, artifact folder) -> (handle or None, artifacts {format: path}, info)
 OPTIMIZERS: Registry[Callable] = Registry("optimization step")
-EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort"}
+EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort", "executorch": ".pte"}
 
 
 def execute(job, adir: Path) -> dict:

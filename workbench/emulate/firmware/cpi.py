@@ -1,4 +1,11 @@
-"""Cycles per instruction (CPI) per core: firmware instruction counts -> latency on the board.
+"""Cycles per instruction (CPI) per core, fitted to 2020 software: a cross-check only.
+
+MCU latency comes from the core timing model (``timing.py``: executed instructions by
+class x the TRM's instruction timings + the board's flash wait states). This fitted CPI is
+kept as a labelled cross-check: it was fitted to TFLite Micro 2.3.1 + the CMSIS-NN of 2020
+(MLPerf Tiny v0.5), so it describes that software's speed per instruction of today's build
+-- on rows of newer software it predicts 1.5-2x too slow (``scripts/bench_firmware.py
+--heldout`` prints it next to the timing model).
 
 QEMU counts instructions exactly but models no pipeline, caches or flash wait states, so
 latency = instructions x CPI / clock, with a CPI fitted to published latencies of TFLite
@@ -238,7 +245,9 @@ def fit_summary(core: str) -> dict | None:
     entry = FIT.get(ALIASES.get(canonical_core(core), core))
     if entry is None:
         return None
-    return {"cpi": dict(entry["cpi"]), "how": entry["how"],
+    return {"role": "cross-check: fitted to TFLite Micro 2.3.1 + CMSIS-NN of 2020 (MLPerf Tiny v0.5); the latency "
+                    "comes from the core timing model",
+            "cpi": dict(entry["cpi"]), "how": entry["how"],
             "held_out_errors": {r["model"]: r["loo_error"] for r in entry["rows"]},
             "held_out_max_abs_error": entry["loo_max_abs"],
             "regenerate": "python scripts/bench_firmware.py --fit"}

@@ -53,9 +53,9 @@ class FirmwareReport:
     instructions_max: int
     instructions_per_tick: int  # the timer resolution
     per_op: tuple  # ({"index", "op", "instructions"}, ...) per inference (mean over the samples)
-    cpi: dict | None  # cycles per instruction by op class
+    cpi: dict | None  # cross-check: cycles per instruction by op class, fitted to 2020 software (cpi_source says which)
     cpi_source: str
-    latency_ms: float | None  # instructions x CPI / clock
+    latency_ms: float | None  # board estimate of the core timing model (timing); the fitted CPI when there is no timing
     clock_mhz: float
     samples: int
     outputs: np.ndarray | tuple = field(repr=False, compare=False)  # output 0 (or a tuple for several), model dtype
@@ -70,6 +70,10 @@ class FirmwareReport:
     toolchain: str
     ops: tuple = ()
     notes: tuple = ()  # e.g. a cached library or image that failed its integrity check and was rebuilt
+    latency_lower_ms: float | None = None  # core timing model at zero wait states: no board runs faster
+    latency_method: str = ""  # "core timing model" or "fitted CPI (...)"
+    cpi_latency_ms: float | None = None  # cross-check: instructions x the CPI fitted to cpi_source's software
+    timing: dict | None = None  # histogram, cycles (lower / board) per invocation and per op: workbench.emulate.firmware.timed
 
     def to_dict(self) -> dict:
         """JSON-safe values (the outputs array is left out)."""
@@ -106,7 +110,8 @@ def _arena_plan(used: int) -> int:
 
 def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str = "cmsis-nn",
                  build_type: str = DEFAULT_BUILD_TYPE, timeout: float = DEFAULT_TIMEOUT, layout: str = "plain",
-                 lang: str = "cpp", jobs: int | None = None, cache: bool = True, say=None) -> FirmwareReport:
+                 lang: str = "cpp", jobs: int | None = None, cache: bool = True, say=None,
+                 timing: bool = True) -> FirmwareReport:
     """Build ``model_path``'s firmware for ``target``'s core and run it on QEMU.
 
     ``inputs``: an array (N, *input shape) in the model's input dtype (float values for a
@@ -145,6 +150,19 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     per_op = tuple({"index": o["index"], "op": o["op"], "depth": o["depth"],
                     "instructions": int(round(o["ticks"] * ipt / max(1, samples)))} for o in res.ops)
     lat, cpi, how = cpi_mod.latency_ms(instructions, list(per_op), machine.core, float(t.clock_mhz))
+    timed = None
+    if timing:
+        from workbench.emulate.firmware.timed import firmware_cycles
+
+        timed = firmware_cycles(toolchain.qemu, machine, img.elf, buf[:len(buf) // max(1, n)], t,
+                                timer_instructions=(int(int(v["invoke_ticks_min"]) * ipt - ipt),
+                                                    int(int(v["invoke_ticks_max"]) * ipt + ipt) + 1),
+                                timeout=timeout,
+                                op_names={o["index"]: o["op"] for o in per_op})
+    if timed is not None:
+        latency, lower, method = timed["latency_ms"], timed["latency_lower_ms"], "core timing model"
+    else:
+        latency, lower, method = lat, None, f"fitted CPI ({how})" if lat is not None else how
     arena_used = int(v["arena_used_bytes"])
     arena = _arena_plan(arena_used)
     stack = int(v.get("stack_used_bytes", 0))
@@ -158,8 +176,10 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
         export_arena_bytes=img.export_arena_bytes, stack_bytes=stack, instructions=instructions,
         instructions_min=int(v["invoke_ticks_min"]) * ipt, instructions_max=int(v["invoke_ticks_max"]) * ipt,
         instructions_per_tick=ipt, per_op=per_op, cpi=cpi, cpi_source=how,
-        latency_ms=None if lat is None else round(lat, 4), clock_mhz=float(t.clock_mhz), samples=samples,
+        latency_ms=None if latency is None else round(latency, 4), clock_mhz=float(t.clock_mhz), samples=samples,
         outputs=outs[0] if len(outs) == 1 else tuple(outs), build_seconds=round(build_seconds, 3),
         run_seconds=round(res.seconds, 3), library_key=lib.key, library_built=lib.built_now,
         library_seconds=round(lib.seconds, 1), firmware_key=img.key, firmware_cached=img.cached,
-        tflm=tree.content_key, toolchain=toolchain.gcc_version, ops=img.ops, notes=img.notes)
+        tflm=tree.content_key, toolchain=toolchain.gcc_version, ops=img.ops, notes=img.notes,
+        latency_lower_ms=lower, latency_method=method, cpi_latency_ms=None if lat is None else round(lat, 4),
+        timing=timed)
