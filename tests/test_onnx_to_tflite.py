@@ -175,3 +175,17 @@ def test_without_onnx2tf_the_export_says_how_to_install_it(onnx_models, tmp_path
         api.convert(onnx_models["digits"], "tflite", tmp_path / "x.tflite")
     assert e.value.exit_code == 3 and "requirements-onnx2tf.txt" in str(e.value)
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_onnx_to_tflite_micro_sources_through_int8(onnx_models, tmp_path):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    out = tmp_path / "tflm"
+    r = CliRunner().invoke(main, ["export", str(onnx_models["digits"]), "--format", "tflm", "--calib", "digits:train",
+                                  "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["source"]["path"] == "digits.onnx"  # the user's model, not the temporary int8 .tflite
+    assert (out / "digits_model_data.cc").is_file() and (out / "manifest.json").is_file()

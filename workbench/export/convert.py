@@ -104,8 +104,8 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
                                  labels=label_list, section=section, force=force, overwrite=overwrite,
                                  assess=assess, strip=strip, compress_bits=compress_bits, npu=npu_facts,
                                  arena_bytes=(npu_facts or {}).get("arena_bytes"))
-        if npu is not None:  # the compiled model lives in the sources; the artifact's source is the user's model
-            from dataclasses import replace
+        if npu is not None or Path(src) != Path(handle.path):  # the artifact's source is the user's model, not the
+            from dataclasses import replace  # compiled or converted .tflite in the temporary folder (gone after this)
 
             art = replace(art, source=Path(handle.path))
         if verify is not None:
