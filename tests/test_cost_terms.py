@@ -198,3 +198,27 @@ def test_onnx_ops_use_the_element_cost_of_their_tflite_kind():
     onnx = replace(g, format="onnx", ops=tuple(replace(o, kind="HardSwish") if o.kind == "HARD_SWISH" else o for o in g.ops))
     pi = _with(load_target("raspberry-pi-4"), element_cycles={"HARD_SWISH": 3.0})
     assert estimate_latency(onnx, pi, threads=1).ops[2].cycles == pytest.approx(estimate_latency(g, pi, threads=1).ops[2].cycles)
+
+
+def test_calibration_scales_element_cycles_as_its_own_group(digits_tflite_float, digits_tflite_int8):
+    """A board whose element work is 2.5x the profile's: calibration finds that scale, and the profile it
+    writes estimates every measured run as the calibration's 'after' column says."""
+    from workbench.core.files import sha256_file
+    from workbench.emulate import emulate
+    from workbench.profile.calibrate import calibrate
+
+    base = _with(load_target("raspberry-pi-4"), element_cycles={"CONV_2D": 3.0, "SOFTMAX": 50.0})
+    cm = base.cost
+    truth = _with(base, op_overhead_cycles=cm.op_overhead_cycles * 2.0, element_cycles={"CONV_2D": 7.5, "SOFTMAX": 125.0},
+                  dtypes={k: DtypeCost(v.cycles_per_mac * s, v.cycles_per_byte * s)
+                          for (k, v), s in zip(cm.dtypes.items(), (3.0, 1.0, 1.5))})
+    reports = [{"kind": "measurement", "model": {"name": m.name, "path": str(m), "sha256": sha256_file(m)},
+                "runtime": {"name": "litert", "threads": t}, "interrupted": False,
+                "latency_ms": emulate(m, truth, threads=t).latency.total_ms}
+               for m in (digits_tflite_float, digits_tflite_int8) for t in (1, 2, 4)]
+    res = calibrate(base, reports)
+    assert res.scales["elements"] == pytest.approx(2.5, rel=1e-3)
+    assert res.target.cost.element_cycles["SOFTMAX"] == pytest.approx(125.0, rel=1e-3)
+    for row, rep in zip(res.rows, reports):
+        written = emulate(rep["model"]["path"], res.target, threads=rep["runtime"]["threads"]).latency.total_ms
+        assert written == pytest.approx(row["after_ms"], rel=1e-4) and written == pytest.approx(rep["latency_ms"], rel=1e-3)

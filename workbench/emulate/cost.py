@@ -165,20 +165,24 @@ def op_class(graph: Graph, op: Op) -> str:
     return OP_CLASSES.get(op.kind, "")
 
 
-def op_cycles(graph: Graph, op: Op, target: Target, threads: int, delegated: bool | None = None) -> float:
+def op_terms(graph: Graph, op: Op, target: Target, threads: int, delegated: bool | None = None) -> tuple[float, float, float]:
+    """The op's cycles in three parts, threads and delegation applied: (per-op overhead, MAC and byte work,
+    element work). :func:`op_cycles` is their sum; calibration scales them separately."""
     cm = target.cost
     row = cm.dtype(dtype_row(graph.op_dtype(op)))
     factor = cm.class_factors.get(op_class(graph, op), 1.0)
     work = factor * row.cycles_per_mac * graph.macs(op) + row.cycles_per_byte * activation_bytes(graph, op)
     per_element = cm.element_cycles.get(ELEMENT_KINDS.get(op.kind, op.kind), 0.0)
-    if per_element:
-        work += per_element * activation_elements(graph, op)
+    elements = per_element * activation_elements(graph, op) if per_element else 0.0
     if op.kind in PARALLEL_OPS and target.runtime.name in MULTI_THREADED and delegated is not False:
-        work /= speedup(threads, cm.parallel_efficiency, parallel_units(graph, op), cm.parallel_grain)
-    cycles = cm.op_overhead_cycles + work
-    if delegated is False:
-        cycles *= cm.undelegated_factor
-    return cycles
+        s = speedup(threads, cm.parallel_efficiency, parallel_units(graph, op), cm.parallel_grain)
+        work, elements = work / s, elements / s
+    k = cm.undelegated_factor if delegated is False else 1.0
+    return cm.op_overhead_cycles * k, work * k, elements * k
+
+
+def op_cycles(graph: Graph, op: Op, target: Target, threads: int, delegated: bool | None = None) -> float:
+    return sum(op_terms(graph, op, target, threads, delegated))
 
 
 def estimate_latency(graph: Graph, target: Target, threads: int | None = None, delegated: set[int] | None = None) -> LatencyEstimate:

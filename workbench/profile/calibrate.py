@@ -7,11 +7,12 @@
 The estimate of :mod:`workbench.emulate.cost` is, for one model and a fixed thread count,
 a sum of terms that are each proportional to one coefficient group::
 
-    latency = s_overhead * O  +  s_int8 * W_int8  +  s_int16 * W_int16  +  s_float32 * W_float32
+    latency = s_overhead * O  +  s_int8 * W_int8  +  s_int16 * W_int16  +  s_float32 * W_float32  +  s_elements * E
 
-``O`` is the per-op overhead part of the current estimate and ``W_dtype`` the MAC and byte
-work of the ops computing in that dtype (threads and the XNNPACK delegation already applied,
-exactly as ``workbench emulate`` does). Calibration scales the groups:
+``O`` is the per-op overhead part of the current estimate, ``W_dtype`` the MAC and byte
+work of the ops computing in that dtype and ``E`` the element work of the ops the profile
+gives ``element_cycles`` (threads and the XNNPACK delegation already applied, exactly as
+``workbench emulate`` does). Calibration scales the groups:
 
 1. one common scale for all coefficients (what a different clock or memory system does), by
    least squares on relative error; with one measurement this makes its estimate exact;
@@ -31,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.emulate.cost import dtype_row
+from workbench.emulate.cost import dtype_row, op_terms
 from workbench.emulate.targets import DtypeCost, Source, Target, load_target, target_from_dict
 from workbench.core.errors import ConfigError, InputFileError
 from workbench.core.files import sha256_file
 
-GROUPS = ("overhead", "int8", "int16", "float32")
+GROUPS = ("overhead", "int8", "int16", "float32", "elements")
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,20 @@ def _measurement(report: dict, label: str, target: Target, models: dict[str, Pat
     est = emulate(path, target, threads=threads)
     cm = target.cost
     clock = target.clock_hz
+    graph_ops = {}
+    if any(cm.element_cycles.values()):
+        from workbench.frontends import load
+
+        graph = load(path).meta["graph"]
+        graph_ops = {o.index: o for o in graph.ops}
     groups = {g: 0.0 for g in GROUPS}
     for op in est.latency.ops:
         overhead = cm.op_overhead_cycles * (cm.undelegated_factor if op.delegated is False else 1.0)
+        g_op = graph_ops.get(op.index)
+        elements = op_terms(graph, g_op, target, est.latency.threads, op.delegated)[2] if g_op is not None else 0.0
         groups["overhead"] += overhead / clock * 1e3
-        groups[dtype_row(op.dtype)] += max(op.cycles - overhead, 0.0) / clock * 1e3
+        groups["elements"] += elements / clock * 1e3
+        groups[dtype_row(op.dtype)] += max(op.cycles - overhead - elements, 0.0) / clock * 1e3
     return Measurement(report=label, model=path, threads=est.latency.threads, measured_ms=float(latency), groups_ms=groups)
 
 
@@ -207,6 +217,7 @@ def _scaled_target(base: Target, scales: dict, ms: list[Measurement], method: st
     calibration = (f"Calibrated from {base.name} on {today} by workbench targets calibrate to {len(ms)} measured "
                    f"profile(s): {models}; {method}. Previous calibration: {cm.calibration or 'none recorded'}")
     cost = replace(cm, dtypes=dtypes, op_overhead_cycles=_round(cm.op_overhead_cycles * scales["overhead"]),
+                   element_cycles={k: _round(v * scales["elements"]) for k, v in cm.element_cycles.items()},
                    calibration=calibration)
     sources = base.sources + tuple(
         Source(fact=f"Measured with workbench profile: {m.model.name}, {m.threads} thread(s), mean latency "
