@@ -4,6 +4,7 @@ of the target profiles come from?
     python scripts/bench_emulate.py            # both tables
     python scripts/bench_emulate.py --fit      # also print the fitted coefficients for targets/*.yaml
     python scripts/bench_emulate.py --large    # also MobileNet v1/v2 224 (slower to build)
+    python scripts/bench_emulate.py --pi       # only Table 4 (Raspberry Pi); with --fit also the coefficients
 
 Table 1: the ``host`` profile's estimate against LiteRT (XNNPACK, 1 thread) measured on this
 machine, for the reference models, with the ratio estimate / measured.
@@ -15,6 +16,11 @@ The graphs are built here with the same layer shapes (and so the same MAC counts
 MLPerf Tiny models and converted to int8 .tflite; weights are random, which does not change
 the cost. "fit" rows were used to fit the coefficients; "held out" rows were not. The
 leave-one-out column refits without that row and predicts it.
+
+Table 4 (``--pi``): the Raspberry Pi profiles against published XNNPACK latencies on MobileNet
+v1/v2/v3 (scripts/pi_published.yaml, every row with its source, software and threads), with the
+held-out error of the rows kept out of the fit, the leave-one-out error of the fit rows and the
+leave-one-model-out error (scripts/pi_fit.py says how the coefficients are fitted).
 
 Needs TensorFlow (to build the models); the models are cached in --work (a temporary folder
 by default).
@@ -33,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Published MLPerf Tiny v0.5 reference latencies on the Nucleo-L4R5ZI (100 or 1000 inferences, median window).
@@ -215,22 +222,6 @@ def measure_litert_ms(path: Path, threads: int = 1, seconds: float = 1.0, kernel
     return float(np.median(ts) * 1e3), float(np.min(ts) * 1e3)
 
 
-def solve_cycles_per_mac(graph, target, dtype_key: str, measured_ms: float, threads: int) -> float:
-    """The cycles/MAC of one dtype row that makes the estimate equal ``measured_ms`` (the model is linear in it)."""
-    from dataclasses import replace
-
-    from workbench.emulate.cost import estimate_latency
-    from workbench.emulate.targets import DtypeCost
-
-    def est(cpm):
-        rows = dict(target.cost.dtypes)
-        rows[dtype_key] = DtypeCost(cycles_per_mac=cpm, cycles_per_byte=rows[dtype_key].cycles_per_byte)
-        return estimate_latency(graph, replace(target, cost=replace(target.cost, dtypes=rows)), threads=threads).total_ms
-
-    a, b = est(0.0), est(1.0)
-    return (measured_ms - a) / (b - a)
-
-
 def fit_host(rows: list, clock_hz: float) -> dict:
     """Per dtype: op_overhead, cycles/MAC, cycles/byte by bounded least squares on relative error.
 
@@ -257,10 +248,20 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="print the fitted coefficients for the target profiles")
     ap.add_argument("--large", action="store_true", help="include MobileNet v1/v2 224 (slower to build)")
     ap.add_argument("--seconds", type=float, default=1.0, help="timing budget per model")
+    ap.add_argument("--pi", action="store_true", help="only Table 4: Raspberry Pi profiles vs published latencies")
     args = ap.parse_args(argv)
 
     def log(msg):
         sys.stderr.write(msg + "\n")
+
+    if args.pi:
+        import pi_fit
+
+        work = args.work or Path(tempfile.mkdtemp(prefix="bench-emulate-"))
+        work.mkdir(parents=True, exist_ok=True)
+        rows = pi_fit.load_rows()
+        pi_fit.pi_table(pi_fit.build_models(work, rows, convert, log), rows, args.fit)
+        return 0
 
     from workbench.emulate import load_target
     from workbench.emulate.cost import estimate_latency
@@ -328,15 +329,7 @@ def main(argv=None) -> int:
         hf = fit_host(rows, host.clock_hz)
         for dt, v in hf.items():
             print(f"host {dt}: " + "  ".join(f"{k} {val:.5g}" for k, val in v.items()))
-        if args.large:
-            for board, points in (("raspberry-pi-4", (("int8", 17.0), ("float32", 46.0))), ("raspberry-pi-3b-plus", (("float32", 79.0),))):
-                t = load_target(board)
-                for key, ms in points:
-                    g = read_tflite(paths[("mnv2", "int8" if key == "int8" else "float")])
-                    cpm = solve_cycles_per_mac(g, t, key, ms, threads=4)
-                    est = estimate_latency(g, t, threads=4).total_ms
-                    print(f"{board} MobileNetV2 {key}: {ms} ms (XNNPACK README) -> cycles_per_mac {cpm:.4f}; "
-                          f"current profile estimates {est:.1f} ms")
+        # The Raspberry Pi coefficients: --pi --fit (Table 4).
     return 0
 
 
