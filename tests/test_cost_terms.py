@@ -222,3 +222,14 @@ def test_calibration_scales_element_cycles_as_its_own_group(digits_tflite_float,
     for row, rep in zip(res.rows, reports):
         written = emulate(rep["model"]["path"], res.target, threads=rep["runtime"]["threads"]).latency.total_ms
         assert written == pytest.approx(row["after_ms"], rel=1e-4) and written == pytest.approx(rep["latency_ms"], rel=1e-3)
+
+
+def test_targets_show_prints_the_element_costs():
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    out = CliRunner().invoke(main, ["targets", "show", "raspberry-pi-4"]).output
+    mul = load_target("raspberry-pi-4").cost.element_cycles["MUL"]
+    assert f"cycles per activation element: HARD_SWISH 0, MUL {mul:g}" in out
+    assert "cycles per activation element" not in CliRunner().invoke(main, ["targets", "show", "stm32l4r5"]).output

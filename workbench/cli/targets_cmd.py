@@ -56,8 +56,12 @@ def targets_show(name, as_json):
     extras = [f"{k} x{v:g}" for k, v in c.class_factors.items()]
     if t.runtime.name == "litert":
         extras += [f"parallel efficiency {c.parallel_efficiency:g}", f"ops XNNPACK does not take x{c.undelegated_factor:g}"]
+    if c.parallel_grain:
+        extras.append(f"ops under {c.parallel_grain:g} MACs + output elements get under half the thread speed-up")
     if extras:
         click.echo("factors: " + ", ".join(extras))
+    if c.element_cycles:
+        click.echo("cycles per activation element: " + ", ".join(f"{k} {v:g}" for k, v in c.element_cycles.items()))
     if c.calibration:
         click.echo(f"calibration: {c.calibration}")
     if t.kind == "mcu":
