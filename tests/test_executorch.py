@@ -44,12 +44,9 @@ def pte(tmp_path_factory):
 def test_float_program_matches_torch(pte, name):
     art = pte(name, "float")
     recipe = art.extra["recipe"]
-    assert recipe["backend"] == "XNNPACK" and recipe["xnnpack_partitions"] >= 1
-    left = {o["op"]: o for o in recipe["ops_outside_xnnpack"]}
-    if name == "digits":
-        assert left == {}  # conv, relu, linear: all in XNNPACK
-    else:  # the global average pool, torch.mean(x, dim=(2, 3)) without keepdim, runs in ExecuTorch's portable kernel
-        assert set(left) == {"aten.mean.dim"} and "keepdim" in left["aten.mean.dim"]["reason"]
+    assert recipe["backend"] == "XNNPACK"
+    assert recipe["ops_outside_xnnpack"] == [] and recipe["xnnpack_partitions"] == 1  # the whole CNN in XNNPACK
+    assert recipe["means_given_keepdim"] == (1 if name == "fashion" else 0)  # fashion's global average pool
     par = recipe["parity"]
     assert par["samples"] == 16 and par["argmax_agreement"] == 1.0
     assert par["max_abs_error"] < 1e-4 * max(1.0, par["reference_max_abs"]), par
@@ -143,18 +140,42 @@ def test_unavailable_options_are_refused_before_any_work():
     assert r.exit_code == 2 and "float, int8" in r.output
 
 
-def test_profile_a_pte_with_per_op_times_from_etdump(pte):
+def test_profile_a_pte_with_per_op_times_from_etdump(tmp_path):
+    """A program partly in XNNPACK (the conv) and partly in ExecuTorch's own kernels (atan2, which XNNPACK
+    does not take): the export says so, and the profile times both kinds of op."""
+    import warnings
+
+    import torch
+
     from workbench import profile as profiling
 
-    art = pte("fashion", "float")
+    class Angle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.atan2(y, y + 2.0)
+
+    src = tmp_path / "angle.pt2"
+    torch.export.save(torch.export.export(Angle().eval(), (torch.rand(1, 1, 16, 16),)), src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        art = api.convert(src, "executorch", tmp_path / "angle.pte")
+    assert [o["op"] for o in art.extra["recipe"]["ops_outside_xnnpack"]] == ["aten.atan2.default"]
+    assert art.extra["recipe"]["parity"]["max_abs_error"] < 1e-5
+    assert any("atan2" in str(w.message) and "portable" in str(w.message) for w in caught)
     rep = profiling.profile(art.path, threads=1, runs=10, warmup=2, per_op_runs=5)
     assert rep["runtime"]["name"] == "executorch" and rep["runtime"]["threads"] == 1
     assert rep["model"]["format"] == "pte" and rep["latency"]["p50_ms"] > 0
-    ops = rep["ops"]
-    kinds = {o["kind"] for o in ops}
-    assert {"Convolution", "Fully Connected"} <= kinds, kinds  # XNNPACK's own op names
-    assert any(o["provider"] == "executorch kernels" and "mean" in o["name"] for o in ops), ops  # the portable mean.dim
-    assert all(o["latency_ms"] >= 0 for o in ops) and sum(o["latency_ms"] for o in ops) > 0
+    by_provider = {}
+    for o in rep["ops"]:
+        by_provider.setdefault(o["provider"], []).append(o)
+        assert o["latency_ms"] >= 0 and o["mean_ms"] >= 0
+    assert any(o["kind"] == "Convolution" for o in by_provider["XnnpackBackend"]), rep["ops"]
+    assert any("atan2" in o["name"] for o in by_provider["executorch kernels"]), rep["ops"]
+    assert sum(o["latency_ms"] for o in rep["ops"]) > 0
     r = CliRunner().invoke(main, ["profile", str(art.path), "--runtime", "litert"])
     assert r.exit_code == 2 and "executorch" in r.output
 
@@ -172,3 +193,36 @@ variants:
     assert r.exit_code == 0, r.output
     assert list((tmp_path / "out").rglob("model.pte")), sorted(p.name for p in (tmp_path / "out").rglob("*"))
     assert '"executorch"' in r.stdout and "accuracy" in r.stdout
+
+
+def test_the_keepdim_adapter_is_still_needed_and_exact():
+    """XNNPACK takes mean.dim with keepdim=True only: without the rewrite the pool stays outside, with it the
+    whole model is one partition computing the same values. When the first assert fails, ExecuTorch takes
+    keepdim=False itself and ``keepdim_means`` can go."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from workbench.export.torch_executorch import WhyNotXnnpack, keepdim_means, outside_delegate
+
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.mean(torch.relu(self.conv(x)), dim=(2, 3))
+
+    model, x = Pool().eval(), torch.rand(1, 3, 8, 8)
+
+    def left(module):
+        with WhyNotXnnpack() as why:
+            edge = to_edge_transform_and_lower(torch.export.export(module, (x,)), partitioner=[XnnpackPartitioner()])
+        return outside_delegate(edge.exported_program(), why.reasons)
+
+    before = left(model)
+    assert [o["op"] for o in before] == ["aten.mean.dim"] and "keepdim" in before[0]["reason"], before
+    gm = torch.export.export(model, (x,)).module()
+    assert keepdim_means(torch, gm) == 1
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    assert left(gm) == []

@@ -45,10 +45,42 @@ def xnnpack_quantizer(per_channel: bool, calibrator: str):
     return XNNPACKQuantizer().set_global(cfg)
 
 
+def keepdim_means(torch, gm) -> int:
+    """Rewrite ``mean.dim(x, [2, 3], keepdim=False)`` on a 4-D tensor (a global average pool written as
+    ``torch.mean(x, dim=(2, 3))``) into ``mean.dim(..., keepdim=True)`` followed by a view to the same shape.
+
+    ExecuTorch 1.5's XNNPACK partitioner takes mean.dim only with keepdim=True (``MeanDimConfig``); without
+    this the pool, and in an int8 program its dequantize/quantize pair, runs in the portable kernels between
+    two XNNPACK partitions. The result computes the same values. Returns the number of rewritten nodes;
+    tests/test_executorch.py notices when the partitioner takes keepdim=False itself."""
+    aten = torch.ops.aten
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.mean.dim or len(node.args) < 2:
+            continue
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        x, val = node.args[0], node.meta.get("val")
+        x_val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if keepdim or node.kwargs.get("dtype") is not None or x_val is None or val is None or x_val.dim() != 4:
+            continue
+        dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+        if sorted(int(d) % 4 for d in dims) != [2, 3]:
+            continue
+        node.args = (x, list(dims), True)
+        node.kwargs = {}
+        with gm.graph.inserting_after(node):
+            view = gm.graph.call_function(aten.view.default, (node, list(val.shape)))
+        node.replace_all_uses_with(view, delete_user_cb=lambda user: user is not view)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
 def quantize(torch, model, sample, calib: np.ndarray, cfg):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(torch.export.export(model, (sample,)).module(), xnnpack_quantizer(cfg.per_channel, cfg.calibrator))
+    prepared = prepare_pt2e(model, xnnpack_quantizer(cfg.per_channel, cfg.calibrator))
     with torch.no_grad():
         for i in range(len(calib)):  # the exported graph is specialised to the sample's batch of 1
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 1], dtype=np.float32)))
@@ -145,7 +177,14 @@ def lower(job: ExportJob) -> dict:
     step = "tracing with torch.export"
     try:
         with captured_output():
+            model = torch.export.export(model, (sample,)).module()
+            rewritten = keepdim_means(torch, model)
+            if rewritten:  # traced again, so every node carries the metadata the quantizer and partitioner read
+                model = torch.export.export(model, (sample,)).module()
             if cfg.scheme == "int8":
+                # out variants of quantize/dequantize for ops XNNPACK leaves to ExecuTorch's own kernels
+                import executorch.kernels.quantized  # noqa: F401
+
                 step = "quantizing with XNNPACKQuantizer (PT2E prepare, calibration, convert)"
                 model = quantize(torch, model, sample, job.calib, cfg)
                 step = "tracing the quantized model with torch.export"
@@ -163,7 +202,7 @@ def lower(job: ExportJob) -> dict:
     except Exception as exc:
         raise refusal(job, exc, step) from exc
     recipe = {"exporter": "executorch.exir.to_edge_transform_and_lower", "backend": "XNNPACK", "scheme": cfg.scheme,
-              "xnnpack_partitions": delegated, "ops_outside_xnnpack": left}
+              "xnnpack_partitions": delegated, "ops_outside_xnnpack": left, "means_given_keepdim": rewritten}
     if cfg.scheme == "int8":
         recipe.update({"quantizer": "XNNPACKQuantizer (PT2E)", "per_channel": cfg.per_channel, "calibrator": cfg.calibrator})
     return recipe
