@@ -175,14 +175,14 @@ def test_hand_written_loop_gives_the_table_cycles(tmp_path):
     assert c.core_typical == 1 + 600 + 1 + 100 * 2
 
 
-def test_digits_firmware_timing_is_consistent(digits_tflite_int8):
-    """The real firmware: the traced histogram sums to the instructions the timer counted, the ops' cycles
-    add up to (at most) the invocation's, and the lower bound never exceeds the board estimate."""
+@pytest.fixture(scope="module")
+def tflm_tree():
+    """The TFLM tree and toolchain the firmware tests use, or a skip naming what is missing."""
     import os
     from pathlib import Path
 
     from workbench.core.errors import ConfigError
-    from workbench.emulate.firmware import ToolMissingError, find_toolchain, run_firmware, validate_tree
+    from workbench.emulate.firmware import ToolMissingError, find_toolchain, validate_tree
 
     try:
         find_toolchain()
@@ -194,6 +194,15 @@ def test_digits_firmware_timing_is_consistent(digits_tflite_int8):
         validate_tree(tree)
     except ConfigError as exc:
         pytest.skip(f"no usable TFLM tree at {tree}: {exc.message}")
+    return tree
+
+
+def test_digits_firmware_timing_is_consistent(digits_tflite_int8, tflm_tree):
+    """The real firmware: the traced histogram sums to the instructions the timer counted, the ops' cycles
+    add up to (at most) the invocation's, and the lower bound never exceeds the board estimate."""
+    from workbench.emulate.firmware import run_firmware
+
+    tree = tflm_tree
     rep = run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=tree, jobs=2)
     t = rep.timing
     assert t is not None and rep.latency_method == "core timing model"
@@ -208,3 +217,17 @@ def test_digits_firmware_timing_is_consistent(digits_tflite_int8):
     assert t["cycles_lower"] < t["cycles_core"] < t["cycles_board"]  # stm32l4r5 has flash wait states
     assert rep.latency_ms == pytest.approx(t["cycles_board"] / (rep.clock_mhz * 1e3), rel=1e-3)
     assert rep.latency_lower_ms < rep.latency_ms and rep.cpi_latency_ms is not None
+
+
+def test_a_failed_trace_keeps_the_measured_run_with_the_cpi_latency(digits_tflite_int8, tflm_tree, monkeypatch):
+    from workbench.core.errors import ToolFailure
+    from workbench.emulate.firmware import run_firmware, timed
+
+    def fail(*a, **k):
+        raise ToolFailure("QEMU timed out")
+
+    monkeypatch.setattr(timed, "firmware_cycles", fail)
+    rep = run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=tflm_tree, jobs=2)
+    assert rep.timing is None and rep.latency_lower_ms is None
+    assert rep.latency_ms == rep.cpi_latency_ms and rep.latency_method.startswith("fitted CPI")
+    assert any("instruction trace" in n and "QEMU timed out" in n for n in rep.notes)
