@@ -15,6 +15,7 @@ from workbench.cli import main  # noqa: E402
 from workbench.frontends.loader import LoadOptions  # noqa: E402
 
 from conftest import DIGITS_FACTORY, FASHION_FACTORY, MODELS  # noqa: E402
+from test_remote_profile import board  # noqa: E402,F401  (a fixture: a real sshd on 127.0.0.1)
 
 SOURCES = {"digits": (MODELS / "digits_torch.pt", DIGITS_FACTORY, "digits"),
            "fashion": (MODELS / "fashion_torch.pt", FASHION_FACTORY, "fashion-mnist")}
@@ -226,3 +227,17 @@ def test_the_keepdim_adapter_is_still_needed_and_exact():
     assert keepdim_means(torch, gm) == 1
     torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
     assert left(gm) == []
+
+
+def test_remote_profile_of_a_pte_over_ssh(board, pte):
+    """The device script on a "board" (this machine over a real sshd, see tests/test_remote_profile.py) runs the
+    .pte in ExecuTorch there, with per-op times from its ETDump."""
+    import sys
+
+    from workbench import profile as profiling
+
+    rep = profiling.profile_remote(pte("digits", "int8").path, board.destination, runs=10, warmup=1, threads=1,
+                                   ssh_options=board.options(), python=sys.executable)
+    assert rep["runtime"]["name"] == "executorch" and rep["target"]["remote"] == board.destination
+    assert rep["per_op"]["available"] is True and rep["ops"], rep["per_op"]
+    assert {o["provider"] for o in rep["ops"]} == {"XnnpackBackend"}  # the int8 digits CNN is one XNNPACK partition
