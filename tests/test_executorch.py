@@ -96,6 +96,49 @@ def test_pte_is_recognised_by_content(pte, tmp_path):
     assert r.exit_code == 2 and "broken.pte" in r.output and "Traceback" not in r.output
 
 
+def test_inspect_and_emulate_a_pte_need_no_torch(pte):
+    """The .pte reader is the flatbuffer itself: inspect (and emulate's refusal) run in the light install."""
+    import subprocess
+    import sys
+
+    path = str(pte("fashion", "int8").path)
+    code = ("import sys, json\nfrom click.testing import CliRunner\nfrom workbench.cli import main\n"
+            f"r = CliRunner().invoke(main, ['inspect', {path!r}, '--json'])\n"
+            f"e = CliRunner().invoke(main, ['emulate', {path!r}, '--target', 'raspberry-pi-4'])\n"
+            "print(json.dumps({'inspect': r.exit_code, 'out': r.stdout, 'emulate': e.exit_code, 'emulate_out': e.output, "
+            "'heavy': [m for m in ('torch', 'executorch') if m in sys.modules]}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["heavy"] == [] and res["inspect"] == 0, res
+    info = json.loads(res["out"])
+    assert info["format"] == "pte" and info["inputs"][0]["shape"] == [1, 1, 28, 28]
+    assert info["program"]["instructions"] == ["delegate:XnnpackBackend"]  # one XNNPACK partition, nothing else
+    assert info["program"]["segment_bytes"] > 100_000  # the int8 weights live in the delegate's segment
+    assert res["emulate"] == 2 and "pte" in res["emulate_out"]
+
+
+def test_pte_reader_refuses_corrupt_files_cleanly(pte, tmp_path):
+    from workbench.core.errors import ModelFormatError
+    from workbench.frontends.pte_reader import read_pte
+
+    good = pte("digits", "int8").path.read_bytes()
+    rng = np.random.default_rng(0)
+    f = tmp_path / "x.pte"
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(300):
+        data = bytearray(good[: int(rng.integers(8, len(good)))] if trial % 3 == 0 else good)
+        for _ in range(int(rng.integers(1, 6))):
+            data[int(rng.integers(8, min(len(data), 2400)))] = int(rng.integers(0, 256))  # the flatbuffer part
+        f.write_bytes(bytes(data))
+        try:
+            read_pte(f)
+            outcomes["read"] += 1
+        except ModelFormatError as exc:
+            assert "x.pte" in exc.message
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
+
+
 def test_compare_and_benchmark_cli_with_a_pte(pte):
     art = pte("digits", "int8")
     r = CliRunner().invoke(main, ["compare", str(SOURCES["digits"][0]), str(art.path), "--factory", DIGITS_FACTORY,

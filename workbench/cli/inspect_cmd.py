@@ -28,6 +28,12 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
     click.echo(f"parameters: {params}   MACs per inference: {macs}")
     if info.get("note"):
         click.echo(f"note: {info['note']}")
+    if info.get("program"):  # an ExecuTorch program
+        from collections import Counter
+
+        calls = Counter(info["program"]["instructions"])
+        click.echo(f"program: {len(info['program']['instructions'])} instruction(s): "
+                   + ", ".join(f"{k} x{v}" for k, v in calls.items()))
     run = info.get("shapes_from_run") or {}
     if run.get("ran"):
         given = ", ".join(f"{k} {v}" for k, v in run["inputs"].items())
@@ -48,8 +54,9 @@ def inspect_cmd(model, trust_model, factory, input_shape, as_json):
     if rows:
         click.echo()
         click.echo(table(rows, ["layer", "op", "output shape", "dtype", "params", "MACs"]))
-    click.echo()
-    click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["op_counts"].items())))
+    if info["op_counts"]:
+        click.echo()
+        click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["op_counts"].items())))
     ex = info.get("exports_to") or {}
     if ex.get("paths"):
         click.echo("exports to: " + "; ".join(f"{fmt} ({', '.join(sch)})" for fmt, sch in ex["paths"].items()))

@@ -1,7 +1,6 @@
-"""ExecuTorch programs (.pte): the signature of their ``forward`` method, read by the ExecuTorch runtime.
-
-The runtime's Python bindings link against libtorch (``executorch.runtime`` imports torch), so reading a
-.pte costs a torch import: it is done here, lazily, and only for .pte files.
+"""ExecuTorch programs (.pte): loading reads the flatbuffer itself (:mod:`workbench.frontends.pte_reader`,
+no torch); running them needs ExecuTorch's runtime, whose Python bindings link against libtorch
+(``executorch.runtime`` imports torch), imported here lazily by :func:`open_program`.
 """
 
 from __future__ import annotations
@@ -63,7 +62,17 @@ def method_specs(method) -> tuple[tuple, tuple]:
 
 @LOADERS.register("pte")
 def load_pte(path: Path, opts: LoadOptions) -> ModelHandle:
-    _program, method = open_program(path)
-    ins, outs = method_specs(method)
-    return ModelHandle(path=path, format="pte", framework="executorch", inputs=ins, outputs=outs,
-                       meta={"method": METHOD})
+    from workbench.frontends.pte_reader import read_pte
+
+    program = read_pte(path)
+    method = program.method(METHOD)
+    if method is None:
+        raise ModelFormatError(f"The ExecuTorch program '{path}' has no '{METHOD}' method (it has: "
+                               f"{', '.join(m.name for m in program.methods) or 'none'}).",
+                               hint="Export the model's forward with torch.export and executorch.exir.")
+
+    def specs(tensors, prefix):
+        return tuple(spec_from(f"{prefix}_{i}", t.shape, t.dtype) for i, t in enumerate(tensors) if t is not None)
+
+    return ModelHandle(path=path, format="pte", framework="executorch", inputs=specs(method.inputs, "input"),
+                       outputs=specs(method.outputs, "output"), meta={"method": METHOD, "program": program})

@@ -114,9 +114,17 @@ LAYER_TABLES.add("onnx", _graph_rows)
 
 @LAYER_TABLES.register("executorch")
 def _pte_rows(handle: ModelHandle) -> LayerTable:
-    """An ExecuTorch program's runtime API gives its method's signature only (the ops are inside backend blobs)."""
-    return LayerTable([], None, "an ExecuTorch program's layers, parameters and MACs are not read from the .pte (its ops are "
-                                "compiled into backend blobs such as XNNPACK's); inspect the PyTorch model it came from")
+    """An ExecuTorch program: its instructions (ExecuTorch kernels and backend delegate calls) and sizes. The
+    layers inside a delegate are compiled into the backend's blob, so parameters and MACs are not counted."""
+    program = handle.meta.get("program")
+    method = program.method(handle.meta.get("method", "forward")) if program is not None else None
+    facts = {}
+    if method is not None:
+        facts["program"] = {"instructions": list(method.instructions), "delegates": list(method.delegates),
+                            "operators": list(method.operators), "program_bytes": program.program_bytes,
+                            "segment_bytes": program.segment_bytes}
+    return LayerTable([], None, "an ExecuTorch program's layers run inside backend blobs (XNNPACK's); parameters and MACs "
+                                "are not read from the .pte: inspect the PyTorch model it came from", facts=facts)
 
 
 @LAYER_TABLES.register("tf1")

@@ -215,7 +215,13 @@ def _shape(shape) -> tuple[int, ...] | None:
 def _declared_inputs(path: Path, fmt: str) -> list[tuple[str, tuple | None]]:
     """(name, shape with None for dynamic dims) of each model input, read from the file on this machine."""
     if fmt == "pte":
-        return []  # read by the ExecuTorch runtime where the program runs (reading it here would import torch)
+        from workbench.frontends.pte_reader import read_pte
+
+        try:
+            method = read_pte(path).method("forward")
+        except WorkbenchError:
+            return []
+        return [(f"input_{i}", t.shape) for i, t in enumerate(method.inputs) if t is not None] if method else []
     if fmt == "tflite":
         from workbench.frontends.tflite_reader import read_tflite as read
     elif fmt == "ort":
