@@ -11,11 +11,9 @@ from workbench.core.errors import ModelFormatError
 from workbench.core.quiet import captured_output, import_quietly
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
+from workbench.frontends.pte_reader import SCALAR_TYPES  # the runtime's TensorInfo.dtype() uses the same codes
 
 METHOD = "forward"
-
-# ExecuTorch's ScalarType codes (the runtime's TensorInfo.dtype()) -> numpy dtype names.
-SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
 
 
 def import_runtime():
