@@ -330,7 +330,7 @@ def test_a_library_build_stopped_by_its_timeout_is_a_tool_failure_and_leaves_not
     said: list[str] = []
     with pytest.raises(ToolFailure) as ei:
         get_library(find_tree(firmware_ready), machine_for_core("cortex-m4"), find_toolchain(), jobs=1, timeout=3,
-                    cache_dir=tmp_path / "lib", say=said.append)
+                    cache_dir=tmp_path / "lib", say=said.append, route="full")
     assert ei.value.exit_code == 4 and "did not finish within 3 s" in ei.value.message
     assert said and said[0].startswith("Building the TFLite Micro library") and "objects" in said[0]
     assert list((tmp_path / "lib").iterdir()) == [] or all(p.name.endswith(".lock") for p in (tmp_path / "lib").iterdir())

@@ -41,6 +41,7 @@ from workbench.emulate.firmware.machines import (
     Machine,
     machine_problem,
 )
+from workbench.emulate.firmware.objects import link_firmware, objects_version
 from workbench.emulate.firmware.toolchain import (
     Toolchain,
     toolchain_problem,
@@ -296,7 +297,7 @@ def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolcha
     spec = {"recipe": FW_RECIPE_VERSION, "model": hashlib.sha256(data).hexdigest(), "lib": lib.key, "lib_sha256": lib.sha256,
             "resource_variables": resource_variables,
             "harness": _harness_hash(), "exporter": _exporter_hash(), "layout": layout, "lang": lang, "machine": machine.to_dict(),
-            "arena": ARENA_BYTES, "stack": STACK_BYTES}
+            "arena": ARENA_BYTES, "stack": STACK_BYTES, "objects": objects_version(lib)}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
     base = Path(cache_dir) if cache_dir is not None else fw_cache_dir()
     final = base / key
@@ -306,7 +307,8 @@ def build_image(model_path, machine: Machine, tree: TflmTree, toolchain: Toolcha
         return _load_image(final, machine, lib, inputs, outputs, key, time.perf_counter() - t0) if cache else None
 
     def build(tmp: Path) -> None:
-        meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang, resource_variables)
+        meta = _build_into(tmp, src, machine, tree, toolchain, lib, layout, lang, resource_variables,
+                           methods=[op.method for op in ops], say=say)
         meta.update({"key": key, "spec": spec, "ops": [op.kind for op in ops], "model_bytes": len(data),
                      "build_seconds": round(time.perf_counter() - t0, 3)})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -348,7 +350,7 @@ def _load_image(folder: Path, machine, lib, inputs, outputs, key, seconds) -> Fi
 
 
 def _build_into(d: Path, src: Path, machine: Machine, tree: TflmTree, toolchain: Toolchain, lib: Library,
-                layout: str, lang: str, resource_variables: int = 0) -> dict:
+                layout: str, lang: str, resource_variables: int = 0, methods=(), say: Say | None = None) -> dict:
     from workbench.export.tflm_sources import write_tflm_project
 
     proj = d / "project"
@@ -395,14 +397,19 @@ def _build_into(d: Path, src: Path, machine: Machine, tree: TflmTree, toolchain:
         list(ex.map(lambda j: _run_tool(j[0], d, j[1]), jobs))
 
     elf = d / ELF_NAME
-    link = [str(toolchain.gxx), *machine.cflags, "-nostartfiles", "--specs=nano.specs", "-T", str(d / "firmware.ld"),
-            "-Wl,--gc-sections", f"-Wl,-Map={d / 'firmware.map'}", *objs, str(lib.path), "-lm", "-o", str(elf)]
-    _run_tool(link, d, "Linking the firmware")
+
+    def link_with(archive: Path) -> list[str]:
+        cmd = [str(toolchain.gxx), *machine.cflags, "-nostartfiles", "--specs=nano.specs", "-T", str(d / "firmware.ld"),
+               "-Wl,--gc-sections", f"-Wl,-Map={d / 'firmware.map'}", *objs, str(archive), "-lm", "-o", str(elf)]
+        _run_tool(cmd, d, "Linking the firmware")
+        return cmd
+
+    link, objects = link_firmware(lib, tree, toolchain, machine, methods, d, link_with, say=say)
     berkeley = parse_size_berkeley(_run_tool([str(toolchain.size), str(elf)], d, "arm-none-eabi-size"))
     sections = parse_size_sysv(_run_tool([str(toolchain.size), "-A", str(elf)], d, "arm-none-eabi-size -A"))
     return {"size": berkeley, "sections": sections, "export_arena_bytes": int(art.metrics["arena_bytes"]),
             "export_arena_measured_bytes": int(art.metrics["arena_measured_bytes"]),
-            "link": [a.replace(str(tree.root), TREE_TOKEN) for a in link]}
+            "link": [a.replace(str(tree.root), TREE_TOKEN) for a in link], "tflm_objects": objects}
 
 
 # --------------------------------------------------------------------------- running

@@ -1,4 +1,6 @@
-"""The TensorFlow Lite Micro static library for one core, built once and cached.
+"""The TensorFlow Lite Micro static library for one core, built once and cached (route ``full``),
+or TFLM's plan for the per-object build (route ``objects``, the default: :mod:`.plan`,
+:mod:`.selection`, :mod:`.objects`; a full library already cached is still served).
 
 Route (chosen by measurement, see the module notes in ``scripts/bench_firmware.py``): TFLM's
 own Makefile, run *out of tree* on a *private copy* of the tree: the working directory is a
@@ -52,6 +54,8 @@ SERVED = (LIB_NAME, "flags.json", "meta.json")  # the files a cached library fol
 TREE_TOKEN = "${TFLM_ROOT}"
 PROGRESS_SECONDS = 5.0  # how often a running build says how far it is
 DEFAULT_BUILD_TIMEOUT = 3600.0
+ROUTE_VAR = "WORKBENCH_FIRMWARE_LIBRARY"
+ROUTES = ("objects", "full")  # the objects each model needs, cached one by one | TFLM's whole library
 
 # kernels option -> TFLM's OPTIMIZED_KERNEL_DIR (None: reference kernels only).
 KERNELS: dict[str, str | None] = {"cmsis-nn": "cmsis_nn", "reference": None}
@@ -72,6 +76,11 @@ class Library:
     seconds: float  # build time when built now, else the time to find it
     sha256: str = ""  # of the .a, as checked when it was served
     notes: tuple[str, ...] = ()  # e.g. a cached copy that failed its integrity check and was rebuilt
+    # The per-object route (ROUTES): no archive yet, but TFLM's plan (plan.json); the firmware build
+    # compiles and caches the objects one model needs (objects.py) with these jobs and this timeout.
+    plan: dict | None = None
+    jobs: int | None = None
+    timeout: float | None = None
 
     def includes(self, tree: TflmTree) -> list[str]:
         return [i.replace(TREE_TOKEN, str(tree.root)) for i in self.flags["includes"]]
@@ -130,10 +139,24 @@ def _load(folder: Path, key: str, seconds: float) -> Library | None:
                    seconds=seconds, sha256=digests[LIB_NAME])
 
 
+def library_route(route: str | None = None) -> str:
+    route = route or os.environ.get(ROUTE_VAR) or "objects"
+    if route not in ROUTES:
+        raise ConfigError(f"${ROUTE_VAR} (or route=) is {route!r}; expected one of {', '.join(ROUTES)}.",
+                          hint="Unset it: the firmware build compiles only the objects each model needs.")
+    return route
+
+
 def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kernels: str = "cmsis-nn",
                 build_type: str = DEFAULT_BUILD_TYPE, jobs: int | None = None, timeout: float | None = None,
-                cache_dir: Path | None = None, say: Say | None = None) -> Library:
-    """The cached library for (tree, core, kernels, build type, compiler), building it if needed.
+                cache_dir: Path | None = None, say: Say | None = None, route: str | None = None) -> Library:
+    """The cached library for (tree, core, kernels, build type, compiler).
+
+    Route ``objects`` (the default; ``route=`` or ``$WORKBENCH_FIRMWARE_LIBRARY``): a full library
+    already in the cache is served as before; otherwise the Library holds TFLM's plan
+    (:mod:`.plan`, a few seconds once per core) and the firmware build compiles only the objects
+    the model needs, each cached (:mod:`.objects`). Route ``full`` builds the whole library with
+    TFLM's Makefile when it is not cached.
 
     ``say`` receives the progress lines of a build and the notes (default: the progress lines, which the CLI writes to stderr). A build
     that fails or times out (``timeout`` seconds, default ``$WORKBENCH_FIRMWARE_BUILD_TIMEOUT``
@@ -147,6 +170,16 @@ def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kerne
     key = library_key(tree, machine, kernels, build_type, toolchain)
     base = Path(cache_dir) if cache_dir is not None else lib_cache_dir()
     final = base / key
+    if library_route(route) == "objects" and not final.exists():
+        from workbench.emulate.firmware.plan import get_plan
+
+        folder, plan, flags, meta, made, notes = get_plan(
+            tree, machine, toolchain, kernels=kernels, build_type=build_type, library_key=key,
+            base=base.parent / "plan", timeout=timeout, say=say)
+        digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+        return Library(path=folder / "plan.json", folder=folder, key=meta["key"], flags=flags, meta=meta,
+                       built_now=made, seconds=time.perf_counter() - t0, sha256=digest, notes=notes, plan=plan,
+                       jobs=jobs, timeout=timeout)
     found, lib, notes = build_once(
         base, key, lambda: _load(final, key, time.perf_counter() - t0),
         lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key, say),
@@ -274,12 +307,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _print_flags(make: str, makefile: str, args: list[str], root: Path, cwd: Path) -> dict:
+    return flags_from_vars(read_make_vars(make, makefile, args, cwd), root)
+
+
+def read_make_vars(make: str, makefile: str, args: list[str], cwd: Path, timeout: float = 300.0) -> dict:
+    """The ``WB_*`` lines harness/wb_flags.mk makes TFLM's Makefile print (name without ``WB_`` -> value)."""
     cmd = [make, "-s", "-f", makefile, "-f", str(FLAGS_MK), *args, "wb_print_flags"]
+    timeout = min(300.0, timeout)
     try:
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300, cwd=cwd,
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=cwd,
                            stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise ToolFailure("Reading the compile flags from TFLM's Makefile did not finish within 300 s.") from None
+        raise ToolFailure(f"Reading the compile flags from TFLM's Makefile did not finish within {timeout:.0f} s.",
+                          hint="Allow more seconds with WORKBENCH_FIRMWARE_BUILD_TIMEOUT and run again.") from None
     vals = {}
     for line in r.stdout.splitlines():
         if line.startswith("WB_") and "=" in line:
@@ -287,6 +327,11 @@ def _print_flags(make: str, makefile: str, args: list[str], root: Path, cwd: Pat
             vals[k] = v
     if r.returncode != 0 or "CXXFLAGS" not in vals:
         raise ToolFailure(f"Could not read the compile flags from TFLM's Makefile: {(r.stderr or r.stdout)[-500:]}")
+    return vals
+
+
+def flags_from_vars(vals: dict, root: Path) -> dict:
+    """flags.json: the flags and include folders the harness and exported sources are compiled with."""
     root_s = str(root)
     gendir = vals.get("GENDIR", "")
 
