@@ -284,3 +284,13 @@ def test_remote_profile_of_a_pte_over_ssh(board, pte):
     assert rep["runtime"]["name"] == "executorch" and rep["target"]["remote"] == board.destination
     assert rep["per_op"]["available"] is True and rep["ops"], rep["per_op"]
     assert {o["provider"] for o in rep["ops"]} == {"XnnpackBackend"}  # the int8 digits CNN is one XNNPACK partition
+
+
+def test_per_tensor_and_mse_calibration_reach_the_quantizer(pte, tmp_path):
+    src, factory, data = SOURCES["digits"]
+    art = api.convert(src, "executorch", tmp_path / "pt.pte", scheme="int8", calib=f"{data}:train", calib_samples=CALIB,
+                      per_channel=False, calibrator="mse", load_options=LoadOptions(factory=factory))
+    recipe = art.extra["recipe"]
+    assert recipe["per_channel"] is False and recipe["calibrator"] == "mse"
+    assert art.bytes < pte("digits", "int8").bytes  # one scale per weight tensor instead of one per channel
+    assert recipe["agreement_with_float"]["argmax_agreement"] >= 0.9
