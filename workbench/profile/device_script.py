@@ -389,13 +389,14 @@ class ExecuTorchBackend:
         self.threads = threads
         self.input_shape = input_shape
         self.shapes = []
-        if threads:  # the runtime's one thread pool, shared by XNNPACK's kernels
-            try:
-                from executorch.extension.pybindings import portable_lib
+        try:  # the runtime's one thread pool, shared by XNNPACK's kernels; the report gives its real size
+            from executorch.extension.pybindings import portable_lib
 
+            if threads:
                 portable_lib._unsafe_reset_threadpool(int(threads))
-            except (ImportError, AttributeError):
-                pass
+            self.threads = int(portable_lib._threadpool_get_thread_count())
+        except (ImportError, AttributeError):
+            self.threads = None  # this executorch build has no thread-pool controls: the pool size is unknown
 
     def _method(self, path, **kwargs):
         try:
