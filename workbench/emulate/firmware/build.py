@@ -368,14 +368,16 @@ def _build_into(d: Path, src: Path, machine: Machine, tree: TflmTree, toolchain:
         "// Resource variables the interpreter holds (the model's VAR_HANDLE ops; 0: none).\n"
         f"#define WB_RESOURCE_VARIABLES {int(resource_variables)}\n#endif\n")
     ld = (HARNESS_DIR / "wb_firmware.ld.in").read_text()
-    for k, v in {"@CODE@": machine.code.ld(), "@RAM@": machine.ram.ld(), "@BIG@": machine.big.ld(),
+    vectors = machine.vectors or machine.code  # an unused VECTORS region (same range as CODE) when they share one
+    for k, v in {"@VECTORS@": vectors.ld(), "@VECTORS_REGION@": "CODE" if machine.vectors is None else "VECTORS",
+                 "@CODE@": machine.code.ld(), "@RAM@": machine.ram.ld(), "@BIG@": machine.big.ld(),
                  "@STACK_BYTES@": str(STACK_BYTES), "@HEAP_BYTES@": str(HEAP_BYTES)}.items():
         ld = ld.replace(k, v)
     (d / "firmware.ld").write_text(ld)
 
     cxx, cc = _compile_flags(lib, tree, lang)
     incs = ["-I", str(d), "-I", str(src_dir), "-I", str(HARNESS_DIR)]
-    defs = [f"-DWB_TIMER_BASE=0x{machine.timer_base:08X}u", f"-DWB_ARENA_BYTES={ARENA_BYTES}u"]
+    defs = [f"-DWB_TIMER_BASE=0x{machine.timer_base:08X}u", *machine.timer_defines, f"-DWB_ARENA_BYTES={ARENA_BYTES}u"]
     jobs: list[tuple[list[str], str]] = []
     objs: list[str] = []
     for name in HARNESS_SOURCES:

@@ -88,7 +88,8 @@ class Library:
 
 def library_key(tree: TflmTree, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain) -> str:
     spec = {"recipe": RECIPE_VERSION, "tflm": tree.content_key, "arch": machine.tflm_arch, "kernels": kernels,
-            "build_type": build_type, "gcc": toolchain.gcc_version, "target": "cortex_m_generic"}
+            "build_type": build_type, "gcc": toolchain.gcc_version, "target": "cortex_m_generic",
+            **({"make_vars": list(machine.tflm_make_vars)} if machine.tflm_make_vars else {})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -111,7 +112,7 @@ def make_args(root: Path, machine: Machine, kernels: str, build_type: str, toolc
             f"TARGET_TOOLCHAIN_ROOT={toolchain.root}"]
     if KERNELS[kernels]:
         args.append(f"OPTIMIZED_KERNEL_DIR={KERNELS[kernels]}")
-    return args
+    return args + list(machine.tflm_make_vars)
 
 
 def _env() -> dict:

@@ -51,7 +51,7 @@ class FirmwareReport:
     instructions: int  # per inference, mean over the samples (rounded)
     instructions_min: int
     instructions_max: int
-    instructions_per_tick: int  # the timer resolution
+    instructions_per_tick: float  # the timer resolution (31.25 on the SSE-300 counter: not always an integer)
     per_op: tuple  # ({"index", "op", "instructions"}, ...) per inference (mean over the samples)
     cpi: dict | None  # cross-check: cycles per instruction by op class, fitted to 2020 software (cpi_source says which)
     cpi_source: str
@@ -98,7 +98,7 @@ def _check_timer(values: dict, machine) -> None:
     if abs(measured / machine.instructions_per_tick - 1) > 0.01:
         raise ToolFailure(
             f"The timer of QEMU {machine.qemu_machine} ticks every {measured:.2f} instructions under -icount shift=0; "
-            f"the machine table says {machine.instructions_per_tick} ({machine.timer_hz} Hz). Instruction counts "
+            f"the machine table says {machine.instructions_per_tick:g} ({machine.timer_hz} Hz). Instruction counts "
             "would be wrong.", hint="Fix timer_hz for this core in workbench/emulate/firmware/machines.py.")
 
 
@@ -146,9 +146,9 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     _check_timer(v, machine)
     samples = int(v.get("samples", n))
     outs = unpack_outputs(res.output, img.outputs, samples)
-    instructions = int(round(v["invoke_ticks_sum"] * ipt / max(1, samples)))
+    instructions = machine.ticks_to_instructions(v["invoke_ticks_sum"] / max(1, samples))
     per_op = tuple({"index": o["index"], "op": o["op"], "depth": o["depth"],
-                    "instructions": int(round(o["ticks"] * ipt / max(1, samples)))} for o in res.ops)
+                    "instructions": machine.ticks_to_instructions(o["ticks"] / max(1, samples))} for o in res.ops)
     lat, cpi, how = cpi_mod.latency_ms(instructions, list(per_op), machine.core, float(t.clock_mhz))
     timed, notes = None, tuple(img.notes)
     if timing:
@@ -178,7 +178,8 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
         data_bytes=img.data_bytes, bss_bytes=img.bss_bytes, ram_static_bytes=img.ram_static_bytes,
         arena_used_bytes=arena_used, arena_bytes=arena,
         export_arena_bytes=img.export_arena_bytes, stack_bytes=stack, instructions=instructions,
-        instructions_min=int(v["invoke_ticks_min"]) * ipt, instructions_max=int(v["invoke_ticks_max"]) * ipt,
+        instructions_min=machine.ticks_to_instructions(int(v["invoke_ticks_min"])),
+        instructions_max=machine.ticks_to_instructions(int(v["invoke_ticks_max"])),
         instructions_per_tick=ipt, per_op=per_op, cpi=cpi, cpi_source=how,
         latency_ms=None if latency is None else round(latency, 4), clock_mhz=float(t.clock_mhz), samples=samples,
         outputs=outs[0] if len(outs) == 1 else tuple(outs), build_seconds=round(build_seconds, 3),

@@ -17,9 +17,11 @@ def _builtin() -> None:
 
 
 def emulate_on_npu(path, handle, target, *, threads: int | None = None, eval_data=None, reference=None,
-                   eval_samples: int | None = 500, metric: str | None = None, timeout: float = 300.0):
-    """The TargetReport of ``path`` (a loaded .tflite ``handle``) on ``target``'s NPU."""
+                   eval_samples: int | None = 500, metric: str | None = None, timeout: float = 300.0,
+                   firmware: bool | None = None, tflm_dir=None):
+    """The TargetReport of ``path`` (a loaded .tflite ``handle``) on ``target``'s NPU; ``firmware`` and
+    ``tflm_dir`` as for ``emulate``: the host core's firmware counts the instructions of the ops left on the CPU."""
     _builtin()
     return NPU_EMULATORS.get(target.npu.family)(path, handle, target, threads=threads, eval_data=eval_data,
                                                 reference=reference, eval_samples=eval_samples, metric=metric,
-                                                timeout=timeout)
+                                                timeout=timeout, firmware=firmware, tflm_dir=tflm_dir)

@@ -9,8 +9,11 @@ What is reported, and where each number comes from:
   (profile on an FPGA or a Fixed Virtual Platform for that).
 * The ops Vela leaves on the CPU: read from the compiled model (every op that is not an
   ``ethos-u`` custom op), each with Vela's reasons, timed with the documented cost model of
-  :mod:`workbench.emulate.cost` and the host core's coefficients from the profile. No
-  Cortex-M55 firmware run exists yet, so this is an estimate too.
+  :mod:`workbench.emulate.cost` and the host core's coefficients from the profile. Where the
+  host core's firmware runs here (:mod:`workbench.emulate.npu.host_cpu`: the Cortex-M55 on
+  QEMU), each also gets its instruction count on that firmware, and the report gives what the
+  whole model costs on the host core without the NPU; with no fitted CPI for the core those
+  counts give no latency, and the CPU time stays the cost model's.
 * Flash: the compiled model + the runtime's code; RAM: Vela's SRAM (and DRAM) use + the
   runtime's RAM besides the arena; fits: against the board's memories, and Vela's SRAM use
   against the SRAM the NPU may use (``npu.sram_bytes``).
@@ -23,6 +26,7 @@ from pathlib import Path
 from workbench.emulate.cost import LatencyEstimate, OpCost, activation_bytes, op_cycles, weight_bytes
 from workbench.emulate.memory import Memory
 from workbench.emulate.npu import NPU_EMULATORS
+from workbench.emulate.npu.host_cpu import host_firmware, host_note
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target
 from workbench.core.files import sha256_file
@@ -65,7 +69,8 @@ def _system_clock(name: str) -> float | None:
 
 @NPU_EMULATORS.register("ethos-u")
 def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_data=None, reference=None,
-                    eval_samples=500, metric=None, timeout: float = 300.0) -> TargetReport:
+                    eval_samples=500, metric=None, timeout: float = 300.0, firmware: bool | None = None,
+                    tflm_dir=None) -> TargetReport:
     from workbench.export.vela import compile_for_npu
     from workbench.frontends.tflite_reader import read_tflite_bytes
 
@@ -95,12 +100,20 @@ def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_da
                          "cpu_cycles": round(cyc, 1), "cpu_ms": round(row.latency_ms, 6),
                          "reasons": _reasons_for(op, compiled, reasons)})
     cpu_ms = sum(r["cpu_ms"] for r in cpu_rows)
+    fw_notes: list[str] = []
+    host, host_instr = host_firmware(path, handle.meta["graph"], compiled, cpu_ops, target, firmware=firmware,
+                                     tflm_dir=tflm_dir, notes=fw_notes)
+    if host is not None:
+        for r in cpu_rows:
+            r["firmware_instructions"] = host_instr.get(r["index"])
     latency = LatencyEstimate(total_ms=npu_ms + cpu_ms, threads=n_threads, ops=tuple(rows),
                               model=(f"NPU: {ESTIMATE_LABEL}, {res.total_cycles:,} cycles at {res.clock_hz / 1e6:g} MHz; "
                                      f"CPU ops: cost model on {target.core} at {target.clock_mhz:g} MHz "
                                      "(cycles = overhead + class x cycles/MAC x MACs + cycles/byte x activation bytes)"))
     mem, sram_fits = _memory(target, res)
-    notes = _notes(target, res, cpu_rows, len(npu_ops), compiled, handle)
+    notes = _notes(target, res, cpu_rows, len(npu_ops), compiled, handle, host is not None)
+    notes += [host_note(host, target)] if host is not None else []
+    notes += fw_notes
     npu = {
         "family": target.npu.family, "accelerator": target.npu.accelerator, "system_config": res.options.system_config_name(),
         "memory_mode": target.npu.memory_mode, "clock_mhz": target.npu.clock_mhz, "compiler": "ethos-u-vela",
@@ -109,7 +122,7 @@ def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_da
         "npu_ms": round(npu_ms, 6), "cpu_ms": round(cpu_ms, 6), "total_ms": round(npu_ms + cpu_ms, 6),
         "sram_budget_bytes": target.npu.sram_bytes, "sram_fits": sram_fits,
         "ops_on_npu": sum(1 for r in res.per_layer if r.get("target") == "NPU") or res.npu_ops,
-        "cpu_ops_detail": cpu_rows, "vela_cpu_ops": [dict(c) for c in res.cpu_ops],
+        "cpu_ops_detail": cpu_rows, "vela_cpu_ops": [dict(c) for c in res.cpu_ops], "host_firmware": host,
         "per_layer": [dict(r) for r in res.per_layer],
         "command": " ".join(["vela", *res.command[3:]]),
     }
@@ -167,13 +180,14 @@ def _memory(target: Target, res) -> tuple[Memory, bool]:
     return mem, res.sram_bytes <= target.npu.sram_bytes
 
 
-def _notes(target: Target, res, cpu_rows: list[dict], n_npu: int, compiled, handle) -> list[str]:
+def _notes(target: Target, res, cpu_rows: list[dict], n_npu: int, compiled, handle, host_ran: bool = False) -> list[str]:
     notes = [f"NPU figures are {ESTIMATE_LABEL}."]
     if res.original_weight_bytes:
         notes.append(f"Vela compresses the weights: {res.original_weight_bytes:,} B in the model -> {res.encoded_weight_bytes:,} B "
                      "encoded for the NPU (the encoded stream includes scales and biases, so it can be larger on tiny models).")
     notes += ["CPU op times are the cost model with the profile's coefficients for " + target.core +
-             " (no firmware run for this core yet)."]
+              ("; their instruction counts come from the host core's firmware (below)." if host_ran
+               else " (the host core's firmware did not run).")]
     if cpu_rows:
         listed = "; ".join(f"{r['op']} '{(r['name'] or '?').split(';')[0]}' ({', '.join(r['reasons'])})" for r in cpu_rows[:8])
         more = f"; and {len(cpu_rows) - 8} more (all in --json)" if len(cpu_rows) > 8 else ""

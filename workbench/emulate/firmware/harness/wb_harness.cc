@@ -4,7 +4,8 @@
 // input.bin, and writes output.bin (the raw output tensors, sample after sample) and
 // report.txt ("key value" lines) through semihosting.
 //
-// Instructions are counted with a CMSDK APB timer (WB_TIMER_BASE) read by a
+// Instructions are counted with the machine's timer at WB_TIMER_BASE (a CMSDK APB timer, or
+// the SSE-300 system counter when WB_TIMER_SSE_COUNTER is defined) read by a
 // MicroProfilerInterface: under QEMU's -icount shift=0 each tick is a fixed number of
 // instructions (the Python side knows the factor per machine).
 #include <cstddef>
@@ -21,7 +22,7 @@
 #include "wb_state.h"
 
 #ifndef WB_TIMER_BASE
-#error "WB_TIMER_BASE (the CMSDK timer of the emulated machine) must be defined"
+#error "WB_TIMER_BASE (the timer of the emulated machine) must be defined"
 #endif
 #ifndef WB_ARENA_BYTES
 #define WB_ARENA_BYTES (8u * 1024u * 1024u)
@@ -35,6 +36,27 @@
 
 namespace {
 
+#if defined(WB_TIMER_SSE_COUNTER)
+// Arm SSE-300 system counter, control frame: CNTCR (bit 0 enables it) and the low word of
+// CNTCV, a 64-bit up-counter; tick differences wrap correctly in 32 bits.
+struct SseCounter {
+  volatile uint32_t cntcr;
+  volatile uint32_t cntsr;
+  volatile uint32_t cntcv_lo;
+  volatile uint32_t cntcv_hi;
+};
+
+SseCounter* const kCounter = reinterpret_cast<SseCounter*>(static_cast<uintptr_t>(WB_TIMER_BASE));
+uint32_t g_tick_origin = 0u;
+
+void TimerStart() {
+  kCounter->cntcr = 1u;
+  g_tick_origin = kCounter->cntcv_lo;
+}
+
+// Ticks elapsed since the timer started.
+inline uint32_t Ticks() { return kCounter->cntcv_lo - g_tick_origin; }
+#else
 // CMSDK APB timer: a 32-bit down-counter (CTRL bit 0 enables it).
 struct CmsdkTimer {
   volatile uint32_t ctrl;
@@ -54,6 +76,7 @@ void TimerStart() {
 
 // Ticks elapsed since the timer started (it counts down).
 inline uint32_t Ticks() { return 0xFFFFFFFFu - kTimer->value; }
+#endif
 
 // The arena and the profiler's table are the harness's own memory: they live in the big
 // region (.bss.wb_*), so the board RAM the caller computes from .data + .bss leaves them out.
