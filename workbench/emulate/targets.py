@@ -356,6 +356,38 @@ def _memory(r: _Reader, m) -> MemorySpec:
                       calibration=r.get(m, "calibration", "memory.", "str", default="", required=False))
 
 
+def accepted_fields() -> tuple[str, ...]:
+    """Every field a target file may hold, dotted (``runtime.kernels``, ``cost.dtypes.int8.cycles_per_mac``,
+    ``sources[].url``), derived from the dataclasses the loader fills (a section typed as a dataclass
+    lists that dataclass's fields): docs/targets.md documents each one (a test compares the two)."""
+    import dataclasses
+    import typing
+
+    def section(tp):
+        return next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
+
+    hints = typing.get_type_hints(Target)
+    out = []
+    for f in fields(Target):
+        if f.name == "path":
+            continue
+        if f.name == "cost":
+            for g in fields(CostModel):
+                if g.name == "dtypes":
+                    out += [f"cost.dtypes.{k}.{h.name}" for k in DTYPE_KEYS for h in fields(DtypeCost)]
+                else:
+                    out.append(f"cost.{g.name}")
+        elif f.name == "npu":
+            out += [f"npu.{k}" for k in _NPU_FIELDS]
+        elif f.name == "sources":
+            out += [f"sources[].{g.name}" for g in fields(Source)]
+        elif section(hints[f.name]) is not None:
+            out += [f"{f.name}.{g.name}" for g in fields(section(hints[f.name]))]
+        else:
+            out.append(f.name)
+    return tuple(out)
+
+
 def load_target_file(path: str | Path) -> Target:
     from workbench.core.yamlfile import read_yaml
 
