@@ -192,6 +192,20 @@ def test_a_damaged_cached_object_is_rebuilt_not_served(m4_plan, tmp_path):
     assert n == 0 and not notes
 
 
+def test_two_builders_of_one_object_compile_it_once(m4_plan, tmp_path):
+    """The same object asked for twice at once (two workers, as two processes would): the per-object lock
+    makes the second wait and take the first one's sealed folder instead of writing beside it."""
+    from workbench.emulate.firmware.objects import compile_objects, object_jobs
+    from workbench.emulate.firmware.plan import all_sources
+
+    tree, tc, _, lib = m4_plan
+    one = [s for s in all_sources(lib.plan) if s[1].endswith("/arm_vector_sum_s8.c")]
+    (job,) = object_jobs(lib, tree, tc, one)
+    paths, n, notes = compile_objects([job, job], tmp_path / "obj", workers=2, timeout=300, say=lambda _: None)
+    assert n == 1 and not notes and paths[0] == paths[1] and paths[0].is_file()
+    assert [p.name for p in (tmp_path / "obj").iterdir() if not p.name.startswith(".")] == [job.key]
+
+
 @pytest.mark.slow
 def test_a_second_model_compiles_only_the_kernel_it_adds(m4_plan, tmp_path, monkeypatch, digits_tflite_int8):
     """Real compiles into an empty object cache: the digits ops, then the same ops plus SOFTMAX; then
