@@ -27,7 +27,8 @@ def run_cli(*args):
 
 def test_finds_a_pruned_variant_when_int8_is_too_slow(digits_keras_path, tmp_path):
     out = tmp_path / "opt"
-    r = run_cli("optimize", digits_keras_path, "--target", TARGET, "--max-latency-ms", 2.5, "--max-drop", 3.0,
+    # the core timing model puts plain int8 at 1.59 ms on this board and the 50% pruned variant at 1.03 ms
+    r = run_cli("optimize", digits_keras_path, "--target", TARGET, "--max-latency-ms", 1.3, "--max-drop", 3.0,
                 "--calib", "digits:train", "--eval", "digits:test", "--train", "digits:train", "--eval-samples", 200,
                 "--prune-ratios", "0.5", "--prune-epochs", "1,2", "-o", out, "--json")
     assert r.exit_code == 0, r.output
@@ -43,7 +44,7 @@ def test_finds_a_pruned_variant_when_int8_is_too_slow(digits_keras_path, tmp_pat
     from workbench.api import emulate, evaluate
 
     rep = emulate(out / "best.tflite", TARGET).to_dict()
-    assert rep["method"] == "firmware" and rep["fits"] and rep["latency_ms"] <= 2.5
+    assert rep["method"] == "firmware" and rep["fits"] and rep["latency_ms"] <= 1.3
     m = evaluate(digits_keras_path, out / "best.tflite", "digits:test", samples=200).metrics
     assert m["accuracy_drop_pp"] <= 3.0
 
