@@ -317,7 +317,7 @@ def heldout(args) -> dict:
             f = round(sum(fs) / len(fs), 3)
             print(f"board {name}: stall_fraction from its `use: fit` rows ({', '.join(r['model'] for r in fit_rows)}) "
                   f"= {f} (published_rows.yaml says {b['memory']['stall_fraction']})")
-    print(f"\n{'board':<14} {'core':<11} {'model':<11} {'use':<17} {'published':>10} {'lower':>9} {'predicted':>10} "
+    print(f"\n{'board':<14} {'core':<11} {'model':<13} {'use':<17} {'published':>10} {'lower':>9} {'predicted':>10} "
           f"{'error':>8} {'CPI x-check':>11}  software")
     errors: dict = {}
     out = []
@@ -328,7 +328,7 @@ def heldout(args) -> dict:
         err = pred["latency_ms"] / r["ms"] - 1
         cpi_ms, _, _ = C.latency_ms(rep.instructions, list(rep.per_op), b["core"], float(b["clock_mhz"]))
         xcheck = "-" if cpi_ms is None else f"{cpi_ms:.2f}"
-        print(f"{r['board']:<14} {b['core']:<11} {r['model']:<11} {r['use']:<17} {r['ms']:>10.3f} "
+        print(f"{r['board']:<14} {b['core']:<11} {r['model']:<13} {r['use']:<17} {r['ms']:>10.3f} "
               f"{pred['latency_lower_ms']:>9.3f} {pred['latency_ms']:>10.3f} {err:>+8.1%} {xcheck:>11}  {r['software'][:70]}")
         if r["use"] == "check":
             errors.setdefault(b["core"], []).append(err)
