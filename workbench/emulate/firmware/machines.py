@@ -70,6 +70,7 @@ class Machine:
     timer_kind: str = "cmsdk-apb-timer"  # a key of TIMER_KINDS
     tflm_make_vars: tuple[str, ...] = ()  # extra NAME=value arguments of TFLM's Makefile for this core (part of the library key)
     vectors: Region | None = None  # a region of its own for the vector table (at vector_base), when code is elsewhere
+    disasm_arch: str = ""  # objdump -m for the instruction trace, when the ELF's attributes do not select it
 
     def __post_init__(self):
         if self.timer_kind not in TIMER_KINDS:
@@ -166,6 +167,8 @@ MACHINES: dict[str, Machine] = {
         vectors=Region(0x10000000, 512 * KiB),
         code=Region(0x70000000, 64 * MiB), ram=Region(0x31000000, 4 * MiB), big=Region(0x78000000, 64 * MiB),
         timer_kind="sse-counter", timer_base=0x58100000, timer_hz=32_000_000, vector_base=0x10000000,
+        # GNU objdump 2.40 decodes MVE only when told the architecture (else VLDRB shows as LDC, VMLAV as CDP).
+        disasm_arch="armv8.1-m.main",
         source="QEMU 7.2 `info mtree -f` on mps3-an547 and hw/arm/mps2-tz.c (AN547: sysclk 32 MHz, ITCM 512 KB at "
                "0x10000000 secure, SRAM 4 MB at 0x31000000 secure, DDR at 0x70000000 secure; SSE-300 system "
                "counter control frame at 0x58100000); Arm AN547"),

@@ -13,6 +13,8 @@ import time
 from workbench.emulate.firmware import timing as tm
 from workbench.emulate.firmware import trace as tr
 
+ROWS_FILE = "published_rows.yaml"  # beside this module
+
 ROUTE = ("QEMU TB log (-d in_asm,exec,nochain), joined by address with arm-none-eabi-objdump -d of the ELF; "
          "classes and cycles: workbench/emulate/firmware/timing_tables.py")
 
@@ -26,7 +28,7 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
     if core is None:
         return None
     t0 = time.perf_counter()
-    insns = tr.disassemble(elf)
+    insns = tr.disassemble(elf, arch=getattr(machine, "disasm_arch", ""))
     syms = tr.symbols(elf)
     trace = tr.run_trace(qemu, machine.qemu_machine, elf, one_sample, insns, syms, timeout=timeout)
     trace_seconds = time.perf_counter() - t0
@@ -52,6 +54,7 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
         "route": ROUTE,
         "core_model": core.core,
         "core_sources": list(core.sources),
+        "validation": validation(core),
         "memory": memory.to_dict() if memory is not None else None,
         "instructions": round(total.instructions),
         "trace_vs_timer": None if diff is None else round(diff, 5),
@@ -68,6 +71,27 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
         "trace_seconds": round(trace_seconds, 2),
         "unknown_addresses": missing.count,
     }
+
+
+def checked_rows(core: str) -> list[dict]:
+    """The published rows marked ``use: check`` (held out) on boards of ``core``, from published_rows.yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).with_name(ROWS_FILE)).read_text(encoding="utf-8"))
+    boards = data.get("boards", {})
+    return [r for r in data.get("rows", []) if r.get("use") == "check"
+            and boards.get(r.get("board"), {}).get("core") == core]
+
+
+def validation(core) -> str:
+    """What checks ``core``'s timing table: the held-out published rows, or why none does."""
+    rows = checked_rows(core.core)
+    if not rows:
+        return core.unvalidated or "no published row checked"
+    names = ", ".join(f"{r['board']} {r['model']}" for r in rows)
+    return (f"{len(rows)} published row(s) checked ({names}); errors: python scripts/bench_firmware.py --heldout")
 
 
 def on_board(timing: dict, memory, clock_mhz: float) -> dict:

@@ -56,11 +56,11 @@ class Insn:
     operands: str
 
 
-def disassemble(elf: str | os.PathLike, objdump: str = "arm-none-eabi-objdump") -> dict[int, Insn]:
-    """Address -> instruction of every instruction in the ELF's code (``objdump -d``)."""
+def disassemble(elf: str | os.PathLike, objdump: str = "arm-none-eabi-objdump", arch: str = "") -> dict[int, Insn]:
+    """Address -> instruction of every instruction in the ELF's code (``objdump -d``; ``arch``: its ``-m``)."""
     try:
-        out = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(elf)], check=True, capture_output=True,
-                             text=True, timeout=120).stdout
+        out = subprocess.run([objdump, "-d", "--no-show-raw-insn", *(["-m", arch] if arch else []), str(elf)],
+                             check=True, capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolFailure(f"{objdump} could not disassemble {elf}: {exc}") from exc
     rows = []
@@ -129,6 +129,20 @@ class Markers:
 HARNESS = Markers()
 
 
+def whole_instructions(addrs: list[int], sizes: dict) -> tuple[int, ...]:
+    """The instruction addresses of a TB as objdump sizes them. QEMU 7.2's in_asm disassembler does
+    not know MVE (Helium) and prints a 32-bit MVE instruction (``vadd.i32 q3, q3, r6``, ``letp``) as
+    two 16-bit lines; the second half is no instruction and is dropped here."""
+    out: list[int] = []
+    end = -1
+    for a in addrs:
+        if a < end:
+            continue
+        out.append(a)
+        end = a + sizes.get(a, 2)
+    return tuple(out)
+
+
 def parse_log(lines, syms: dict[str, tuple[int, int]], markers: Markers = HARNESS, sizes: dict | None = None) -> Trace:
     """Stream-parse QEMU's ``in_asm,exec,nochain`` log (an iterable of text lines). ``sizes``:
     instruction address -> bytes (where a TB falls through to; 2 when unknown)."""
@@ -172,7 +186,7 @@ def parse_log(lines, syms: dict[str, tuple[int, int]], markers: Markers = HARNES
             if not pending:
                 raise ToolFailure("QEMU's in_asm log lists no instruction addresses (built without a disassembler?); "
                                   "the instruction trace needs them.")
-            tbs[tb] = tuple(pending)
+            tbs[tb] = whole_instructions(pending, sizes)
             pending = None
         elif tb not in tbs:
             tbs[tb] = (pc,)  # executed without being logged (should not happen): count one instruction
