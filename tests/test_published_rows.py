@@ -1,0 +1,49 @@
+"""The published firmware rows (workbench/emulate/firmware/published_rows.yaml) are complete and sourced."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from workbench.emulate.targets import MemorySpec, load_target
+
+ROWS = Path(__file__).resolve().parents[1] / "workbench" / "emulate" / "firmware" / "published_rows.yaml"
+MLPERF_TINY = {"kws", "ic", "vww", "ad"}
+
+
+def _data() -> dict:
+    return yaml.safe_load(ROWS.read_text(encoding="utf-8"))
+
+
+def test_every_row_names_a_known_board_and_model_and_its_source():
+    d = _data()
+    for r in d["rows"]:
+        assert r["board"] in d["boards"], r
+        assert r["model"] in MLPERF_TINY or r["model"] in d["models"], r
+        assert r["use"] in ("fit", "check", "software-differs"), r
+        assert r["ms"] > 0 and r["software"] and r["published"] and r["url"].startswith("https://"), r
+
+
+def test_every_extra_model_is_pinned_by_url_and_sha256():
+    for key, m in _data()["models"].items():
+        assert m["url"].startswith("https://"), key
+        assert re.fullmatch(r"[0-9a-f]{64}", m["sha256"]), key
+        assert m["what"], key
+
+
+def test_every_board_has_a_cited_memory_or_a_target_profile():
+    for name, b in _data()["boards"].items():
+        assert b["core"].startswith("Cortex-M") and b["clock_mhz"] > 0, name
+        if "memory" in b:
+            mem = MemorySpec(**b["memory"])
+            assert mem.flash_wait_states >= 0 and "https://" in mem.source and mem.calibration, name
+        else:
+            assert load_target(b["target"]).memory is not None, name
+
+
+def test_each_core_with_rows_of_current_software_has_a_held_out_row():
+    d = _data()
+    held = {d["boards"][r["board"]]["core"] for r in d["rows"] if r["use"] == "check"}
+    assert {"Cortex-M4F", "Cortex-M7", "Cortex-M33"} <= held
