@@ -313,9 +313,9 @@ def test_m55_outputs_bit_exact_with_host_tflm(m55_run, digits_tflite_int8, digit
 
 
 @pytest.mark.slow
-def test_m55_runs_helium_code_and_counts_instructions_without_a_cpi(m55_run, fw_env, m4_run):
+def test_m55_runs_helium_code_and_its_latency_is_the_core_timing_model(m55_run, fw_env, m4_run):
     """MVE (Helium) instructions in the linked image (CMSIS-NN's ARM_MATH_MVEI path), none in the M4 image; no CPI
-    is fitted for the Cortex-M55, so the instructions give no latency."""
+    is fitted for the Cortex-M55, so the latency is the core timing model's (its Cortex-M55 table), unchecked."""
     rep = m55_run
     assert rep.core == "Cortex-M55" and rep.cpu == "cortex-m55" and rep.machine == "mps3-an547"
 
@@ -330,7 +330,12 @@ def test_m55_runs_helium_code_and_counts_instructions_without_a_cpi(m55_run, fw_
     assert not mve & mnemonics(m4_run[0].elf)
     assert rep.instructions > 10_000 and sum(o["instructions"] for o in rep.per_op) <= rep.instructions
     assert rep.instructions_per_tick == 31.25
-    assert rep.latency_ms is None and rep.cpi is None and "no CPI is known for Cortex-M55" in rep.cpi_source
+    assert rep.cpi is None and rep.cpi_latency_ms is None and "no CPI is known for Cortex-M55" in rep.cpi_source
+    t = rep.timing
+    assert rep.latency_method == "core timing model" and t["core_model"] == "Cortex-M55"
+    assert 0 < rep.latency_lower_ms <= rep.latency_ms and t["histogram"].get("other", 0) == 0
+    assert t["histogram"]["mve_load"] > 0 and t["histogram"]["mve_mac"] > 0 and t["histogram"]["loop_end"] > 0
+    assert t["validation"].startswith("no published row checked")
 
 
 @pytest.mark.slow

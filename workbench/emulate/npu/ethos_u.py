@@ -106,6 +106,9 @@ def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_da
     if host is not None:
         for r in cpu_rows:
             r["firmware_instructions"] = host_instr.get(r["index"])
+            cyc = host["cpu_ops_cycles"].get(str(r["index"]))
+            if cyc is not None:
+                r["firmware_cycles_lower"], r["firmware_cycles_board"] = cyc["lower"], cyc["board"]
     latency = LatencyEstimate(total_ms=npu_ms + cpu_ms, threads=n_threads, ops=tuple(rows),
                               model=(f"NPU: {ESTIMATE_LABEL}, {res.total_cycles:,} cycles at {res.clock_hz / 1e6:g} MHz; "
                                      f"CPU ops: cost model on {target.core} at {target.clock_mhz:g} MHz "
