@@ -98,3 +98,14 @@ def test_the_example_board_runs_on_firmware(tmp_path, digits_tflite_int8):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["method"] == "firmware" and d["firmware"]["machine"] == "mps2-an505" and d["firmware"]["instructions"] > 0
+
+
+def test_the_doc_names_every_core_with_a_timing_table():
+    """The latency paragraph lists the cores whose firmware latency comes from the core timing model."""
+    from workbench.emulate.firmware.timing_tables import CORES
+
+    text = " ".join(DOC.read_text().split())
+    m = re.search(r"timing tables: ([^;]+);", text)
+    assert m, "docs/targets.md no longer says which cores have timing tables"
+    assert sorted(c.strip() for c in m.group(1).split(",")) == sorted(CORES)
+    assert "no published row checked" in text and CORES["Cortex-M55"].unvalidated.startswith("no published row checked")
