@@ -140,9 +140,15 @@ M55_LOB = ("Armv8.1-M low-overhead loops: LE decrements the count and branches b
            "instructions', which never fills that cache, so the trace still lists every LE): "
            "https://github.com/qemu/qemu/commit/b7226369721896ab9ef71544e4fe95b40710e05a. Assumed here: the cache "
            "hits on every pass after the first (LE costs nothing then); the first pass costs a taken branch")
-M55_UNVALIDATED = ("no published row checked: no TFLite Micro + CMSIS-NN latency measured on a Cortex-M55 board "
-                   "(e.g. Alif Ensemble E7/E3, MPS3 AN547 FPGA, Himax WE2) for a model run here was found; FVP "
-                   "numbers are not cycle-accurate and are not used")
+M55_UNVALIDATED = ("no published row checked: no TFLite Micro + CMSIS-NN latency of an optimised build on a Cortex-M55 "
+                   "board (Alif Ensemble E7/E3, MPS3 AN547 FPGA, Himax WE2; the MLPerf Tiny v1.1-v1.3 system descriptions list no Cortex-M55 board) "
+                   "was found; "
+                   "FVP numbers are not cycle-accurate and are not used. The one measurement found, TFLM + CMSIS-NN "
+                   "(Zephyr, GCC 12.2 -Os) on an STM32N6 at 600 MHz, person_detect 132,413,647 DWT cycles "
+                   "(https://github.com/shanemmattner/embedded-agent-bridge/blob/ed19b1d910a394f289461bb2a3b3c72ad6be31af/"
+                   "docs/ml-benchmark-comparison.md, 2026-02-24), is "
+                   "about 20 cycles per instruction counted here (6.47 M): a memory-bound build (code and data boot "
+                   "into SRAM, cache setup not stated), not a measure of the core, so it is not used as a check")
 
 
 @dataclass(frozen=True)
