@@ -11,9 +11,9 @@ What is reported, and where each number comes from:
   ``ethos-u`` custom op), each with Vela's reasons, timed with the documented cost model of
   :mod:`workbench.emulate.cost` and the host core's coefficients from the profile. Where the
   host core's firmware runs here (:mod:`workbench.emulate.npu.host_cpu`: the Cortex-M55 on
-  QEMU), each also gets its instruction count on that firmware, and the report gives what the
-  whole model costs on the host core without the NPU; with no fitted CPI for the core those
-  counts give no latency, and the CPU time stays the cost model's.
+  QEMU), each also gets its instruction count and its core timing model cycles (lower bound
+  and board estimate) on that firmware, and the report gives what the whole model costs on the
+  host core without the NPU; the CPU time in the total stays the cost model's.
 * Flash: the compiled model + the runtime's code; RAM: Vela's SRAM (and DRAM) use + the
   runtime's RAM besides the arena; fits: against the board's memories, and Vela's SRAM use
   against the SRAM the NPU may use (``npu.sram_bytes``).
