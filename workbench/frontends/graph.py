@@ -224,4 +224,10 @@ MAC_RULES = {
     "MatMulInteger": _onnx_matmul,
     "QLinearMatMul": lambda g, op: _out(g, op).elements * _in(g, op, 0).shape[-1],
     "ConvTranspose": _onnx_convtranspose,
+    # ExecuTorch's portable kernels (ops a .pte runs outside its delegate): inputs in the aten schema's order
+    "aten::convolution.out": _onnx_conv,  # weight [Cout, Cin/groups, kh, kw]
+    "aten::addmm.out": lambda g, op: _out(g, op).elements * _in(g, op, 1).shape[-1],  # bias, mat1, mat2
+    "aten::mm.out": lambda g, op: _out(g, op).elements * _in(g, op, 0).shape[-1],
+    "aten::bmm.out": lambda g, op: _out(g, op).elements * _in(g, op, 0).shape[-1],
+    "aten::linear.out": lambda g, op: _out(g, op).elements * _in(g, op, 0).shape[-1],
 }

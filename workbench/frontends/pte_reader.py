@@ -26,6 +26,7 @@ KERNEL_CALL, DELEGATE_CALL = 1, 2  # InstructionArguments union members
 class PteTensor:
     shape: tuple[int, ...]
     dtype: str
+    const: bool = False  # data in the program (a constant buffer), not planned memory
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _tensor(buf: _Buf, values: list[int], index: int) -> PteTensor | None:
         return None
     t = buf.table(value, 1)
     code = buf.scalar(t, 0, "<b")
-    return PteTensor(shape=tuple(buf.ints(t, 2)), dtype=SCALAR_TYPES.get(code, f"scalar_type_{code}"))
+    return PteTensor(shape=tuple(buf.ints(t, 2)), dtype=SCALAR_TYPES.get(code, f"scalar_type_{code}"),
+                     const=buf.scalar(t, 5, "<I") != 0 and not buf.table(t, 6))
 
 
 def _method(buf: _Buf, plan: int) -> PteMethod:
@@ -151,3 +153,82 @@ def read_pte(path: str | Path) -> PteProgram:
     root = buf.ref(0)
     return PteProgram(version=buf.scalar(root, 0, "<I"), methods=tuple(_method(buf, p) for p in buf.tables(root, 1)),
                       program_bytes=program_bytes, segment_bytes=segment_bytes)
+
+
+# --- the calls of a method, with the delegates' payloads (for backends whose payload this package reads) ---
+
+INLINE, SEGMENT = 0, 1  # DataLocation of a delegate's payload
+
+
+@dataclass(frozen=True)
+class PteCall:
+    kind: str  # "kernel" (an ExecuTorch operator) or "delegate" (a backend's blob)
+    name: str  # the operator ("aten::mean.out") or the backend id ("XnnpackBackend")
+    args: tuple[int, ...]  # indices into PteCalls.values
+    payload: bytes | None = None  # a delegate's processed blob
+
+
+@dataclass(frozen=True)
+class PteCalls:
+    method: str
+    values: tuple[PteTensor | None, ...]  # every value of the method; None: not a tensor
+    calls: tuple[PteCall, ...]  # in execution order
+    inputs: tuple[int, ...] = ()  # the method's inputs and outputs (indices into values)
+    outputs: tuple[int, ...] = ()
+
+
+def _all_tensors(buf: _Buf, values: list[int]) -> tuple[PteTensor | None, ...]:
+    return tuple(_tensor(buf, values, i) for i in range(len(values)))
+
+
+def _payload(buf: _Buf, root: int, delegate: int) -> bytes:
+    """A delegate's processed blob: inline in the program, or one of the data segments after it."""
+    ref = buf.table(delegate, 1)
+    location, index = buf.scalar(ref, 0, "<b"), buf.scalar(ref, 1, "<I")
+    if location == INLINE:
+        blobs = buf.tables(root, 3)
+        if not index < len(blobs):
+            raise buf.bad(f"a delegate names inline data {index} of {len(blobs)}")
+        start, n = buf.vector(blobs[index], 0)
+    elif location == SEGMENT:
+        segments = buf.tables(root, 4)
+        if not index < len(segments) or buf.data[8:12] != b"eh00":
+            raise buf.bad(f"a delegate names data segment {index} of {len(segments)}")
+        start = buf.unpack("<Q", 24) + buf.scalar(segments[index], 0, "<Q")
+        n = buf.scalar(segments[index], 1, "<Q")
+    else:
+        raise buf.bad(f"a delegate's data has an unknown location ({location})")
+    if start + n > len(buf.data):
+        raise buf.bad(f"a delegate's data ({n} bytes at {start}) runs past the end of the file ({len(buf.data)} bytes)")
+    return bytes(buf.data[start:start + n])
+
+
+def read_calls(path: str | Path, method: str = "forward") -> PteCalls:
+    """What ``method`` runs, in order: ExecuTorch operators with their argument values, and delegate calls
+    with the backend's payload bytes."""
+    path = Path(path)
+    buf = _Buf(path.read_bytes(), path)
+    read_pte(path)  # the identifier and header checks
+    root = buf.ref(0)
+    plan = next((p for p in buf.tables(root, 1) if buf.string(p, 0) == method), None)
+    if plan is None:
+        raise ModelFormatError(f"The ExecuTorch program '{path}' has no '{method}' method.")
+    values = buf.tables(plan, 2)
+    operators = [buf.string(op, 0) + ("." + buf.string(op, 1) if buf.string(op, 1) else "") for op in buf.tables(plan, 6)]
+    delegates = buf.tables(plan, 7)
+    calls = []
+    for chain in buf.tables(plan, 5):
+        for ins in buf.tables(chain, 2):
+            kind, args = buf.scalar(ins, 0, "<B"), buf.table(ins, 1)
+            if kind not in (KERNEL_CALL, DELEGATE_CALL):
+                continue  # moves, jumps, frees: no work to cost
+            k, arg_values = buf.scalar(args, 0, "<i"), tuple(buf.ints(args, 1))
+            table = operators if kind == KERNEL_CALL else delegates
+            if not 0 <= k < len(table):
+                raise buf.bad(f"an instruction names {'operator' if kind == KERNEL_CALL else 'delegate'} {k} of {len(table)}")
+            if kind == KERNEL_CALL:
+                calls.append(PteCall("kernel", operators[k], arg_values))
+            else:
+                calls.append(PteCall("delegate", buf.string(delegates[k], 0), arg_values, _payload(buf, root, delegates[k])))
+    return PteCalls(method=method, values=_all_tensors(buf, values), calls=tuple(calls),
+                    inputs=tuple(buf.ints(plan, 3)), outputs=tuple(buf.ints(plan, 4)))
