@@ -22,7 +22,7 @@ from workbench.evaluate.metrics import CHOICES as METRIC_CHOICES
               help="A tflite-micro checkout with its downloads (default: $WORKBENCH_TFLM_DIR, then `workbench firmware setup`'s clone).")
 @json_option
 def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, reference, metric, threads, firmware, tflm_dir, as_json):
-    """Will MODEL (.tflite; .onnx or .ort on Linux boards) fit the target, how fast will it run, and at what accuracy?
+    """Will MODEL (.tflite; .onnx, .ort or .pte on Linux boards) fit the target, how fast will it run, and at what accuracy?
 
     MCU targets run the model's real firmware where it can be built here: flash is the
     linked image's text + data, RAM its data + bss with the arena the 32-bit build uses and
@@ -31,7 +31,7 @@ def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, refere
     JSON). Otherwise flash and RAM are measured with the host TFLite Micro arena and the
     profile's constants, and latency is the profile's documented cost model ("method":
     "estimate"). Linux boards: resident memory measured with LiteRT (ONNX Runtime for an .onnx or
-    .ort model), latency estimated.
+    .ort model, ExecuTorch with XNNPACK for a .pte program), latency estimated.
 
     Exit codes: 0 fits, 1 does not fit or cannot run there (the verdict and the numbers are
     still printed), 2 bad input, 3 a missing tool, 4 a tool failed while building or running the

@@ -31,7 +31,8 @@ For every op of the graph::
   the full ``1 + (threads - 1) * parallel_efficiency``. ``parallel_grain`` 0 (the default) gives
   every parallel op the full speed-up. TFLM is single-threaded.
 * LiteRT boards: an op the XNNPACK delegate does not take runs in LiteRT's builtin kernels,
-  ``undelegated_factor`` times slower.
+  ``undelegated_factor`` times slower. ExecuTorch programs (.pte) on the same boards: an op outside the
+  XNNPACK delegate runs in ExecuTorch's portable kernels and gets the same factor (not fitted to them).
 
 The coefficients of each profile are fitted to published measurements (see the profile's
 ``cost.calibration`` and ``sources``, and ``scripts/bench_emulate.py``, which reproduces the
@@ -68,8 +69,10 @@ ELEMENT_KINDS = {"HardSwish": "HARD_SWISH", "Sigmoid": "LOGISTIC", "Mul": "MUL",
 PARALLEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV",
                           "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN",
                           "Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "MaxPool", "GlobalAveragePool"})
-# Runtimes that split PARALLEL_OPS across threads (XNNPACK in LiteRT, MLAS in ONNX Runtime).
-MULTI_THREADED = ("litert", "ort")
+# Runtimes that split PARALLEL_OPS across threads (XNNPACK in LiteRT and in ExecuTorch, MLAS in ONNX Runtime).
+MULTI_THREADED = ("litert", "ort", "executorch")
+# Runtimes whose ops run either in the XNNPACK delegate or, ``undelegated_factor`` times slower, outside it.
+DELEGATING = ("litert", "executorch")
 
 DTYPE_ROWS = {"int8": "int8", "uint8": "int8", "int16": "int16", "float32": "float32", "float16": "float32",
               "bfloat16": "float32", "float64": "float32"}
@@ -194,7 +197,7 @@ def estimate_latency(graph: Graph, target: Target, threads: int | None = None, d
     threads = 1 if target.runtime.name == "tflm" else max(1, min(threads or target.threads, target.cores))
     rows = []
     for op in graph.ops:
-        dlg = None if target.runtime.name != "litert" else (True if delegated is None else op.index in delegated)
+        dlg = None if target.runtime.name not in DELEGATING else (True if delegated is None else op.index in delegated)
         cyc = op_cycles(graph, op, target, threads, dlg)
         rows.append(OpCost(index=op.index, name=op.name, kind=op.kind, dtype=graph.op_dtype(op), macs=graph.macs(op),
                            bytes=activation_bytes(graph, op), weight_bytes=weight_bytes(graph, op), cycles=cyc,

@@ -21,6 +21,14 @@ from workbench.core.registry import Registry
 
 # The runner that executes a model as the target would, per target runtime.
 TARGET_RUNNERS: Registry = Registry("target runtime")
+# What the report says of the runtime that ran the model (module, version, threads), per target runtime
+# registered by a board adapter; each takes the emulation's context.
+RUNTIME_INFO: Registry = Registry("target runtime")
+# Model formats a Linux board runs in a runtime other than the profile's LiteRT: format -> "module:function"
+# giving (the board as it runs that model, the graph to cost); the module registers its runtime above and
+# in compat.CHECKERS and memory.MEASURERS.
+BOARD_ADAPTERS = {"onnx": "workbench.emulate.ort_board:onnx_target", "ort": "workbench.emulate.ort_board:onnx_target",
+                  "pte": "workbench.emulate.pte_board:pte_target"}
 
 
 @TARGET_RUNNERS.register("tflm")
@@ -65,15 +73,15 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     tgt = load_target(target)
     path = check_input_file(model_path)
     handle = load(path)
-    onnx_graph = None
-    if handle.format in ("onnx", "ort"):  # ONNX Runtime on a Linux board (workbench.emulate.ort_board)
-        from workbench.emulate.ort_board import onnx_target
+    onnx_graph = None  # the graph a board adapter gives (ONNX Runtime for .onnx/.ort, ExecuTorch for .pte)
+    if handle.format in BOARD_ADAPTERS:
+        from workbench.core.isolate import resolve
 
-        tgt, onnx_graph = onnx_target(handle, tgt)
+        tgt, onnx_graph = resolve(BOARD_ADAPTERS[handle.format])(handle, tgt)
     elif handle.format != "tflite":
-        raise UnsupportedError(f"emulate works on .tflite models, and on .onnx/.ort models for Linux boards; '{path}' is "
+        raise UnsupportedError(f"emulate works on .tflite models, and on .onnx/.ort/.pte models for Linux boards; '{path}' is "
                                f"{handle.format}.", hint="Export it first: workbench export MODEL --format tflite -o model.tflite "
-                                                         "(or --format onnx for a Linux board)")
+                                                         "(or --format onnx / executorch for a Linux board)")
     if tgt.npu is not None:  # a board with an NPU: its compiler's estimate (workbench.emulate.npu)
         from workbench.emulate.npu import emulate_on_npu
 
@@ -109,10 +117,8 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
         lm = context["litert"]
         runtime_info.update({"module": lm.get("module"), "version": lm.get("version"),
                              "delegated_ops": len(lm.get("delegated") or []), "xnnpack_partitions": lm.get("partitions")})
-    elif tgt.runtime.name == "ort":
-        from workbench.emulate.ort_board import runtime_info as ort_runtime_info
-
-        runtime_info.update(ort_runtime_info(context))
+    elif RUNTIME_INFO.find(tgt.runtime.name) is not None:
+        runtime_info.update(RUNTIME_INFO.get(tgt.runtime.name)(context))
     if eval_data is not None and support.supported and accuracy is None:
         accuracy = _accuracy(handle, tgt, n_threads, eval_data, reference, eval_samples, metric=metric)
     return TargetReport(target=tgt, model=str(path), model_bytes=path.stat().st_size, model_sha256=sha256_file(path),

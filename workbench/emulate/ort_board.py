@@ -30,7 +30,7 @@ from pathlib import Path
 
 from workbench.core.errors import MissingDependencyError, ModelFormatError, RuntimeFailure, UnsupportedError
 from workbench.emulate import compat, memory
-from workbench.emulate.emulator import TARGET_RUNNERS
+from workbench.emulate.emulator import RUNTIME_INFO, TARGET_RUNNERS
 from workbench.emulate.targets import Target
 from workbench.frontends.graph import Graph
 
@@ -69,12 +69,12 @@ def _given_shape(handle):
     return getattr(opts, "input_shape", None)
 
 
-def ort_install_bytes() -> int:
-    """Bytes of the onnxruntime package installed on this machine (its wheel's files)."""
+def ort_install_bytes(package: str = "onnxruntime") -> int:
+    """Bytes of ``package`` installed on this machine (its wheel's files; 0 when it is not installed)."""
     import importlib.metadata as md
 
     try:
-        dist = md.distribution("onnxruntime")
+        dist = md.distribution(package)
     except md.PackageNotFoundError:
         return 0
     total = 0
@@ -188,6 +188,7 @@ def _memory(model: Path, graph: Graph, target: Target, context: dict) -> memory.
                              "(CPU execution provider) and runs one inference, measured on this machine"})
 
 
+@RUNTIME_INFO.register("ort")
 def runtime_info(context: dict) -> dict:
     m = context.get("ort") or {}
     return {} if "error" in m or not m else {"module": "onnxruntime", "version": m.get("version"),

@@ -180,6 +180,9 @@ def _firmware_method(fw) -> str:
     return "firmware instructions x the core's fitted CPI"
 
 
+RUNTIME_TITLES = {"litert": "LiteRT", "ort": "ONNX Runtime", "executorch": "ExecuTorch (with torch)"}
+
+
 def render_text(report: TargetReport, max_ops: int = 40) -> str:
     """A human summary: verdict, memory, latency, op table, notes."""
     t = report.target
@@ -217,7 +220,7 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
             lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (arena {m.arena_bytes:,} B exact + runtime {human_bytes(t.runtime.ram_overhead_bytes)}; "
                          f"{human_bytes(m.ram_budget)}, margin {human_bytes(m.ram_margin)})")
         else:
-            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (peak resident memory with {'ONNX Runtime' if t.runtime.name == 'ort' else 'LiteRT'}, measured; "
+            lines.append(f"  RAM     {human_bytes(m.ram_bytes):>12}  (peak resident memory with {RUNTIME_TITLES.get(t.runtime.name, t.runtime.name)}, measured; "
                          f"{human_bytes(m.ram_budget)} available, margin {human_bytes(m.ram_margin)})")
     fw = report.firmware
     if report.npu is not None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from workbench.core.errors import ConfigError, InputFileError
 
 KINDS = ("mcu", "linux")
-RUNTIMES = ("tflm", "litert", "ort")  # ort: a Linux board running an .onnx model (workbench.emulate.ort_board)
+# ort / executorch: a Linux board running an .onnx / a .pte model (workbench.emulate.ort_board / pte_board)
+RUNTIMES = ("tflm", "litert", "ort", "executorch")
 DTYPE_KEYS = ("int8", "int16", "float32")
 
 

@@ -1,0 +1,120 @@
+"""emulate on ExecuTorch programs (.pte): the XNNPACK delegate's graph read without torch, costed by the board's
+model, RAM measured in ExecuTorch's runtime in a child process, MCU boards and corrupt files refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("executorch", reason="executorch (the 'executorch' extra) is not installed")
+
+from workbench import api  # noqa: E402
+from workbench.cli import main  # noqa: E402
+from workbench.frontends.loader import LoadOptions  # noqa: E402
+
+from conftest import DIGITS_FACTORY, MODELS  # noqa: E402
+
+DIGITS = MODELS / "digits_torch.pt"
+
+
+@pytest.fixture(scope="module")
+def digits_pte(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pte_emulate")
+    return {scheme: api.convert(DIGITS, "executorch", folder / f"digits_{scheme}.pte", scheme=scheme,
+                                calib="digits:train" if scheme == "int8" else None, calib_samples=64,
+                                load_options=LoadOptions(factory=DIGITS_FACTORY)).path
+            for scheme in ("float", "int8")}
+
+
+@pytest.fixture(scope="module")
+def reports(digits_pte):
+    out = {}
+    for scheme, path in digits_pte.items():
+        r = CliRunner().invoke(main, ["emulate", str(path), "--target", "raspberry-pi-4", "--json"])
+        assert r.exit_code == 0, r.output
+        out[scheme] = json.loads(r.stdout)
+    return out
+
+
+def _torch_layers_with_macs() -> list[dict]:
+    """The PyTorch model's layers as `workbench inspect` counts them (conv1, conv2, fc)."""
+    r = CliRunner().invoke(main, ["inspect", str(DIGITS), "--factory", DIGITS_FACTORY, "--json"])
+    assert r.exit_code == 0, r.output
+    return [layer for layer in json.loads(r.stdout)["layers"] if layer["macs"]]
+
+
+@pytest.mark.parametrize("scheme", ["float", "int8"])
+def test_delegate_graph_matches_the_source_layers(reports, scheme):
+    rep = reports[scheme]
+    layers = _torch_layers_with_macs()
+    heavy = [op for op in rep["ops"] if op["macs"]]
+    # conv1 has one input channel: XNNPACK runs it as a depthwise convolution (as LiteRT does)
+    assert [op["kind"] for op in heavy] == ["DEPTHWISE_CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+    assert [op["macs"] for op in heavy] == [x["macs"] for x in layers] == [4608, 18432, 2560]
+    assert rep["macs"] == 25600
+    want = "int8" if scheme == "int8" else "float32"
+    assert {op["dtype"] for op in heavy} == {want}
+    assert all(op["delegated"] for op in rep["ops"])
+
+
+def test_latency_from_the_cost_model_int8_faster_and_ram_measured(reports):
+    for scheme, rep in reports.items():
+        assert rep["runtime"]["name"] == "executorch" and rep["runtime"]["kernels"] == "xnnpack"
+        assert rep["latency_method"] == "cost model estimate"
+        assert rep["latency_ms"] == pytest.approx(sum(op["latency_ms"] for op in rep["ops"]), rel=1e-3)
+        assert rep["ram_bytes"] > 0 and rep["memory"]["peak_rss_bytes"] == rep["ram_bytes"]
+        assert rep["memory"]["measured_with"].startswith("executorch ")
+        assert rep["fits"] is True and rep["unsupported_ops"] == []
+        assert any("fitted to" in n and "XNNPACK" in n for n in rep["notes"])
+    assert reports["int8"]["latency_ms"] < reports["float"]["latency_ms"]
+
+
+def test_mcu_target_refuses_a_pte(digits_pte):
+    r = CliRunner().invoke(main, ["emulate", str(digits_pte["int8"]), "--target", "stm32l4r5"])
+    assert r.exit_code == 2, r.output
+    assert "ExecuTorch firmware for MCUs is not built" in r.output and "--format tflite" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_truncated_pte_is_refused_naming_the_file(digits_pte, tmp_path):
+    data = digits_pte["int8"].read_bytes()
+    for cut in (len(data) // 2, len(data) - 200, 600):
+        bad = tmp_path / f"cut{cut}.pte"
+        bad.write_bytes(data[:cut])
+        r = CliRunner().invoke(main, ["emulate", str(bad), "--target", "raspberry-pi-4"])
+        assert r.exit_code == 2, (cut, r.output)
+        assert bad.name in r.output and "Traceback" not in r.output
+
+
+def test_corrupt_delegate_payloads_are_model_format_errors(digits_pte):
+    from workbench.core.errors import ModelFormatError
+    from workbench.frontends.pte_reader import read_calls
+    from workbench.frontends.xnnpack_graph import read_xnn_graph
+
+    payload = read_calls(digits_pte["float"]).calls[0].payload
+    assert read_xnn_graph(payload).nodes  # the intact one reads
+    rng = np.random.default_rng(1)
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(300):
+        data = bytearray(payload[: int(rng.integers(0, len(payload)))] if trial % 3 == 0 else payload)
+        for _ in range(int(rng.integers(1, 6))):
+            if data:
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        try:
+            read_xnn_graph(bytes(data), "x.pte")
+            outcomes["read"] += 1
+        except ModelFormatError as exc:
+            assert "x.pte" in exc.message
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
+
+
+def test_eval_runs_the_program_in_executorch(digits_pte):
+    r = CliRunner().invoke(main, ["emulate", str(digits_pte["int8"]), "--target", "raspberry-pi-4", "--eval", "digits",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    acc = json.loads(r.stdout)["accuracy"]
+    assert acc["candidate_runtime"]["runtime"] == "executorch" and acc["samples"] > 100
