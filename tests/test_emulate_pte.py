@@ -118,3 +118,37 @@ def test_eval_runs_the_program_in_executorch(digits_pte):
     assert r.exit_code == 0, r.output
     acc = json.loads(r.stdout)["accuracy"]
     assert acc["candidate_runtime"]["runtime"] == "executorch" and acc["samples"] > 100
+
+
+def test_an_op_outside_the_delegate_is_named_and_priced_as_undelegated(tmp_path):
+    """atan2 has no XNNPACK node: ExecuTorch runs it in its portable kernels, which the cost fit does not cover."""
+    import torch
+
+    from workbench.emulate.cost import estimate_latency, op_cycles
+    from workbench.emulate.pte_board import pte_target
+    from workbench.emulate.targets import load_target
+    from workbench.frontends import load
+
+    class LinearAtan2(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return torch.atan2(y, y + 1.0)
+
+    src = tmp_path / "atan2.pt2"
+    torch.export.save(torch.export.export(LinearAtan2().eval(), (torch.rand(1, 16),)), src)
+    out = tmp_path / "atan2.pte"
+    r = CliRunner().invoke(main, ["export", str(src), "--format", "executorch", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    tgt, graph = pte_target(load(out), load_target("raspberry-pi-4"))
+    assert tgt.runtime.name == "executorch"
+    assert [op.kind for op in graph.ops] == ["FULLY_CONNECTED", "ADD", "aten::atan2.out"]
+    assert graph.meta["outside_delegate"] == ("aten::atan2.out",) and graph.macs(graph.ops[0]) == 16 * 8
+    est = estimate_latency(graph, tgt, 1, set(graph.meta["delegated"]))
+    assert [o.delegated for o in est.ops] == [True, True, False]
+    atan = graph.ops[2]
+    assert est.ops[2].cycles == pytest.approx(op_cycles(graph, atan, tgt, 1, False))
+    assert op_cycles(graph, atan, tgt, 1, False) > op_cycles(graph, atan, tgt, 1, True)  # the undelegated factor
