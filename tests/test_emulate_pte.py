@@ -152,3 +152,17 @@ def test_an_op_outside_the_delegate_is_named_and_priced_as_undelegated(tmp_path)
     atan = graph.ops[2]
     assert est.ops[2].cycles == pytest.approx(op_cycles(graph, atan, tgt, 1, False))
     assert op_cycles(graph, atan, tgt, 1, False) > op_cycles(graph, atan, tgt, 1, True)  # the undelegated factor
+
+
+def test_inspect_reads_layers_params_and_macs_from_the_delegate(digits_pte):
+    """inspect of a .pte counts what the PyTorch model it came from has: parameters and MACs per layer."""
+    r = CliRunner().invoke(main, ["inspect", str(DIGITS), "--factory", DIGITS_FACTORY, "--json"])
+    src = json.loads(r.stdout)
+    for scheme, path in digits_pte.items():
+        r = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.stdout)
+        assert info["parameters"] == src["parameters"] == 3818, scheme
+        assert info["macs"] == src["macs"] == 25600, scheme
+        heavy = [(x["op"], x["params"], x["macs"]) for x in info["layers"] if x["macs"]]
+        assert heavy == [("DEPTHWISE_CONV_2D", 80, 4608), ("CONV_2D", 1168, 18432), ("FULLY_CONNECTED", 2570, 2560)]

@@ -114,8 +114,12 @@ LAYER_TABLES.add("onnx", _graph_rows)
 
 @LAYER_TABLES.register("executorch")
 def _pte_rows(handle: ModelHandle) -> LayerTable:
-    """An ExecuTorch program: its instructions (ExecuTorch kernels and backend delegate calls) and sizes. The
-    layers inside a delegate are compiled into the backend's blob, so parameters and MACs are not counted."""
+    """An ExecuTorch program: its instructions (ExecuTorch kernels and backend delegate calls) and sizes, and the
+    layers of its XNNPACK delegates read from their graphs (:mod:`workbench.frontends.xnnpack_graph`), each as the
+    TFLite op XNNPACK runs for it, with parameters and MACs. Another backend's blob is opaque: no layers then."""
+    from workbench.core.errors import ModelFormatError
+    from workbench.frontends.xnnpack_graph import program_graph
+
     program = handle.meta.get("program")
     method = program.method(handle.meta.get("method", "forward")) if program is not None else None
     facts = {}
@@ -123,8 +127,21 @@ def _pte_rows(handle: ModelHandle) -> LayerTable:
         facts["program"] = {"instructions": list(method.instructions), "delegates": list(method.delegates),
                             "operators": list(method.operators), "program_bytes": program.program_bytes,
                             "segment_bytes": program.segment_bytes}
-    return LayerTable([], None, "an ExecuTorch program's layers run inside backend blobs (XNNPACK's); parameters and MACs "
-                                "are not read from the .pte: inspect the PyTorch model it came from", facts=facts)
+    try:
+        g = program_graph(handle.path)
+    except ModelFormatError as exc:
+        return LayerTable([], None, f"the program's layers could not be read ({exc}); inspect the PyTorch model it "
+                                    "came from", facts=facts)
+    rows = []
+    for op in g.ops:
+        out = g.tensor(op.outputs[0]) if op.outputs else None
+        params = sum((g.tensors[i].elements or 0) for i in op.inputs if i >= 0 and g.tensors[i].const)
+        rows.append({"name": op.name, "op": op.kind, "version": op.version,
+                     "shape": list(out.shape) if out is not None and out.shape is not None else None,
+                     "dtype": out.dtype if out is not None else g.op_dtype(op), "params": params,
+                     "macs": g.macs_known(op)})
+    facts["layers_from"] = "the XNNPACK delegates' graphs, each node as the TFLite op XNNPACK runs for it"
+    return LayerTable(rows, g.parameters, facts=facts)
 
 
 @LAYER_TABLES.register("tf1")
