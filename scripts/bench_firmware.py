@@ -93,8 +93,24 @@ def digits_tflite() -> Path | None:
     return out
 
 
-def extra_model(key: str) -> Path:
-    """A model listed under ``models:`` in published_rows.yaml, fetched once into the cache (sha256 checked)."""
+def _from_tflm_tree(spec: dict, tflm_dir: str | None) -> bytes | None:
+    """The model's bytes from the TFLM tree the firmware is built from, when the spec names a ``tflm_path`` there
+    (the sha256 is checked by the caller): no download needed where the tree is offline."""
+    if not spec.get("tflm_path"):
+        return None
+    from workbench.core.errors import ConfigError
+    from workbench.emulate.firmware.tree import find_tree
+
+    try:
+        f = find_tree(tflm_dir).root / spec["tflm_path"]
+    except ConfigError:
+        return None
+    return f.read_bytes() if f.is_file() else None
+
+
+def extra_model(key: str, tflm_dir: str | None = None) -> Path:
+    """A model listed under ``models:`` in published_rows.yaml, taken from the TFLM tree when it ships there, else
+    fetched once into the cache (sha256 checked)."""
     import hashlib
     import urllib.request
 
@@ -102,6 +118,11 @@ def extra_model(key: str) -> Path:
 
     spec = yaml.safe_load(ROWS_FILE.read_text())["models"][key]
     out = cache_dir() / "extra" / f"{key}.tflite"
+    local = None if out.exists() else _from_tflm_tree(spec, tflm_dir)
+    if local is not None and hashlib.sha256(local).hexdigest() == spec["sha256"]:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".part").write_bytes(local)
+        out.with_suffix(".part").rename(out)
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".part")
@@ -117,11 +138,11 @@ def extra_model(key: str) -> Path:
     return out
 
 
-def models(keys: list[str]) -> dict[str, Path]:
+def models(keys: list[str], tflm_dir: str | None = None) -> dict[str, Path]:
     out = {}
     for k in keys:
         if k not in MLTK_MODELS and k != "digits":
-            out[k] = extra_model(k)
+            out[k] = extra_model(k, tflm_dir)
         elif k == "digits":
             p = digits_tflite()
             if p:
@@ -230,7 +251,7 @@ def write_fit(table: dict) -> None:
 def table(args) -> None:
     from workbench.emulate.firmware import cpi as C
 
-    paths = models(args.models)
+    paths = models(args.models, args.tflm_dir)
     pub = {(p.core, p.model): p for p in C.PUBLISHED}
     print(f"{'model':<7} {'core':<11} {'instructions':>13} {'lower ms':>9} {'lat ms':>9} {'CPI ms':>9} {'pub ms':>8} {'err':>7} "
           f"{'flash fw':>9} {'flash est':>9} {'RAM fw':>8} {'RAM est':>8} {'arena':>7} {'stack':>6} {'est ms':>8} "
@@ -265,7 +286,7 @@ def table(args) -> None:
 
 
 def build_types(args) -> None:
-    paths = models(args.models)
+    paths = models(args.models, args.tflm_dir)
     print(f"{'model':<7} {'core':<11} {'release_with_logs':>18} {'release':>12} {'diff':>8} {'flash rwl':>10} {'flash rel':>10}")
     for core in args.cores:
         for k, p in paths.items():
@@ -302,7 +323,7 @@ def heldout(args) -> dict:
     for r in rows:
         core = boards[r["board"]]["core"]
         if (core, r["model"]) not in traces:
-            traces[(core, r["model"])] = run(models([r["model"]])[r["model"]], core, args)
+            traces[(core, r["model"])] = run(models([r["model"]], args.tflm_dir)[r["model"]], core, args)
     if args.fit_boards:
         for name, b in boards.items():
             fit_rows = [r for r in rows if r["board"] == name and r["use"] == "fit"]
