@@ -16,16 +16,12 @@ and the reason recorded, so ``emulate`` always answers whether the model fits.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from workbench.emulate.targets import Target
-from workbench.core.errors import MissingDependencyError, ModelFormatError, RuntimeFailure
+from workbench.core.errors import MissingDependencyError, ModelFormatError
 from workbench.frontends.graph import Graph
 from workbench.core.registry import Registry
 
@@ -94,26 +90,10 @@ def _litert(model: Path, graph: Graph, target: Target, context: dict) -> Memory:
 
 def measure_litert(model: Path, threads: int, timeout: float = 120.0) -> dict:
     """Run :mod:`workbench.emulate.litert_child` on ``model``: memory and XNNPACK delegation."""
-    import workbench
+    from workbench.emulate.child import run_child
 
-    env = dict(os.environ)
-    root = str(Path(workbench.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "workbench.emulate.litert_child", str(Path(model).resolve()), str(threads)],
-                              capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RuntimeFailure(f"LiteRT did not load and run '{model}' within {timeout:g} s; the process was stopped.") from None
-    from workbench.emulate.litert_child import RESULT_PREFIX
-
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
-    if result is None:
-        raise RuntimeFailure(f"LiteRT crashed or gave no result for '{model}' (exit code {proc.returncode}).",
-                             hint=(proc.stderr or "").strip().splitlines()[-1] if (proc.stderr or "").strip() else None)
+    result = run_child("workbench.emulate.litert_child", "LiteRT", model, [str(threads)], timeout,
+                       env={"TF_CPP_MIN_LOG_LEVEL": "3"}).result
     if result.get("error") == "import":
         raise MissingDependencyError("ai_edge_litert", "all", "Emulating a LiteRT board")
     return result

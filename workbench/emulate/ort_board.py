@@ -21,10 +21,7 @@ built-in runtimes use: op support (:data:`workbench.emulate.compat.CHECKERS`), m
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,28 +103,13 @@ def as_executed(graph: Graph) -> Graph:
 
 def measure_ort(model: Path, threads: int, timeout: float = 120.0, shape=None) -> dict:
     """Run :mod:`workbench.emulate.ort_child` on ``model`` in a fresh process."""
-    import workbench
-    from workbench.emulate.ort_child import RESULT_PREFIX
+    from workbench.emulate.child import run_child
 
-    env = dict(os.environ)
-    root = str(Path(workbench.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [sys.executable, "-m", "workbench.emulate.ort_child", str(Path(model).resolve()), str(threads)]
-    if shape:
-        argv.append(",".join(str(int(d)) for d in shape))
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RuntimeFailure(f"ONNX Runtime did not load and run '{model}' within {timeout:g} s; the process was stopped.") from None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
-            if result.get("error") == "import":
-                raise MissingDependencyError("onnxruntime", "all", "Emulating an ONNX model on a Linux board")
-            return result
-    tail = (proc.stderr or "").strip().splitlines()
-    raise RuntimeFailure(f"ONNX Runtime crashed or gave no result for '{model}' (exit code {proc.returncode}).",
-                         hint=tail[-1] if tail else None)
+    args = [str(threads)] + ([",".join(str(int(d)) for d in shape)] if shape else [])
+    result = run_child("workbench.emulate.ort_child", "ONNX Runtime", model, args, timeout).result
+    if result.get("error") == "import":
+        raise MissingDependencyError("onnxruntime", "all", "Emulating an ONNX model on a Linux board")
+    return result
 
 
 def _measured(model: str, context: dict) -> dict:

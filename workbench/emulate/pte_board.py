@@ -26,11 +26,7 @@ runtime facts (:data:`workbench.emulate.emulator.RUNTIME_INFO`).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,29 +58,17 @@ def pte_target(handle, tgt: Target) -> tuple[Target, Graph]:
 
 
 def measure_pte(model: Path, threads: int, timeout: float = 120.0) -> dict:
-    """Run :mod:`workbench.emulate.pte_child` on ``model`` in a fresh process; ``stderr`` holds the runtime's log."""
-    import workbench
-    from workbench.emulate.pte_child import RESULT_PREFIX
+    """Run :mod:`workbench.emulate.pte_child` on ``model`` in a fresh process; a failed load keeps the runtime's
+    log (``log``), which names the operator it lacks."""
+    from workbench.emulate.child import run_child
 
-    env = dict(os.environ)
-    root = str(Path(workbench.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [sys.executable, "-m", "workbench.emulate.pte_child", str(Path(model).resolve()), str(threads)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RuntimeFailure(f"ExecuTorch did not load and run '{model}' within {timeout:g} s; the process was stopped.") from None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
-            if result.get("error") == "import":
-                raise MissingDependencyError("executorch", "executorch", "Emulating an ExecuTorch program on a Linux board")
-            if "error" in result:
-                result["log"] = (proc.stderr or "")[-4000:]
-            return result
-    tail = (proc.stderr or "").strip().splitlines()
-    raise RuntimeFailure(f"ExecuTorch's runtime crashed or gave no result for '{model}' (exit code {proc.returncode}).",
-                         hint=tail[-1] if tail else None)
+    child = run_child("workbench.emulate.pte_child", "ExecuTorch's runtime", model, [str(threads)], timeout)
+    result = child.result
+    if result.get("error") == "import":
+        raise MissingDependencyError("executorch", "executorch", "Emulating an ExecuTorch program on a Linux board")
+    if "error" in result:
+        result["log"] = child.stderr[-4000:]
+    return result
 
 
 def _measured(model: str, context: dict) -> dict:
