@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: sysdeps firmware-tree demo test test-slow test-faults test-zoo test-realmodels test-aarch64 test-all bench venv constraints clean
 
-$(STAMP): constraints.txt pyproject.toml requirements-onnx2tf.txt
+$(STAMP): constraints.txt pyproject.toml requirements-onnx2tf.txt requirements-tosa.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps --ignore-requires-python -r requirements-onnx2tf.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-tosa.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -29,6 +29,10 @@ def benchmark_cmd(model, data, calib, samples, threads, runs, only, trust_model,
     say = None if as_json else (lambda r: click.echo(f"  measured {r['stack']}", err=True))
     res = benchmark(handle, ds, open_data(calib, split="train", limit=200, seed=0), threads=threads, runs=runs,
                     only=tuple(only), on_row=say)
+    if res["rows"] and all("error" in r for r in res["rows"]):  # nothing ran: a failure, not a table of dashes
+        from workbench.core.errors import UnsupportedError
+
+        raise UnsupportedError(f"No stack could run '{model}': " + "; ".join(f"{r['stack']}: {r['error']}" for r in res["rows"]))
     if as_json:
         emit_json(res)
         return

@@ -62,10 +62,14 @@ def tflm_options(f):
     f = click.option("--lang", type=click.Choice(["cpp", "c"]), default="cpp", show_default=True, help="tflm: source language.")(f)
     f = click.option("--layout", type=click.Choice(["plain", "arduino"]), default="plain", show_default=True, help="tflm: folder layout.")(f)
     f = click.option("--name", help="tflm: C identifier stem (default: from the file name).")(f)
-    f = click.option("--target", help="tflm: a target profile to check fit and estimate latency for.")(f)
+    f = click.option("--target", help="tflm: a target profile to check fit and estimate latency for. executorch: the board "
+                     "whose backend to use (Cortex-M MCUs: ExecuTorch's Cortex-M/CMSIS-NN ops, int8).")(f)
     return f
 
 
+# Formats whose exporter picks its backend from --target (executorch: XNNPACK for Linux boards, the Cortex-M
+# backend for Cortex-M MCUs); tflm takes --target through its own path.
+TARGETED_FORMATS = ("executorch",)
 OWN_WARNING = "/workbench/"  # show our own warnings; third-party ones stay in --debug territory
 
 
@@ -94,7 +98,8 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
 
             check_output(out, overwrite)
             with staged(out) as tmp:  # the old model and manifest stay until the new pair is complete (eval included)
-                art = api.convert(handle, fmt, tmp, scheme=scheme, overwrite=True, write_manifest=False,
+                targeted = {"target": tflm["target"]} if tflm.get("target") and fmt in TARGETED_FORMATS else {}
+                art = api.convert(handle, fmt, tmp, scheme=scheme, overwrite=True, write_manifest=False, **targeted,
                                   **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
                 if eval_data is not None:
                     art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric, output=eval_output).to_dict())

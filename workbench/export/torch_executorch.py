@@ -209,6 +209,17 @@ def lower(job: ExportJob) -> dict:
 
 
 def run(job: ExportJob) -> dict:
+    """The backend for ``--target`` (by the board's kind, see :data:`TARGET_BACKENDS`), XNNPACK without one."""
+    target = job.options.get("target")
+    if not target:
+        return run_xnnpack(job)
+    from workbench.emulate.targets import load_target
+
+    board = load_target(target)
+    return BACKENDS[TARGET_BACKENDS["npu" if board.npu is not None else board.kind]](job, board)
+
+
+def run_xnnpack(job: ExportJob, board=None) -> dict:
     import warnings
 
     from workbench.export import parity
@@ -235,6 +246,66 @@ def run(job: ExportJob) -> dict:
         warnings.warn(f"XNNPACK does not take these ops of '{job.handle.path}'; they run in ExecuTorch's portable CPU "
                       f"kernels: {ops}.", stacklevel=2)
     return recipe
+
+
+def run_cortex_m(job: ExportJob, board) -> dict:
+    """An MCU board with a Cortex-M core: ExecuTorch's Cortex-M backend (CMSIS-NN ops), int8 only; the
+    program is checked through the cortex_m ops' reference code on the host (see executorch_cortex_m)."""
+    from workbench.export import executorch_cortex_m as cm
+    from workbench.export import parity
+
+    cpu = cm.cortex_m_cpu(board.core)
+    if not cpu:
+        raise cm.unsupported_target(board, "ExecuTorch's Cortex-M backend needs a Cortex-M core.")
+    cfg = job.config
+    if cfg.scheme != "int8":
+        raise UnsupportedError(f"The ExecuTorch Cortex-M path for '{board.name}' is int8 only (its operators are CMSIS-NN's "
+                               f"int8 kernels); --scheme {cfg.scheme} was asked.", hint="Pass --scheme int8 --calib DATA.")
+    if not cfg.per_channel:
+        raise UnsupportedError("The ExecuTorch Cortex-M path quantizes convolution weights per channel (CortexMQuantizer's "
+                               "fixed configuration); --per-tensor is not available.", hint="Drop --per-tensor.")
+    import_exir()
+    torch, model, sample = traceable(job.handle)
+    step = "quantizing with CortexMQuantizer and lowering with CortexMPassManager"
+    try:
+        lowering = cm.lower(torch, model, sample, job.calib, cpu)
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise refusal(job, exc, step) from exc
+    what = f"PyTorch -> ExecuTorch Cortex-M int8 ({cpu}) of '{job.handle.path}'"
+    x = np.asarray(job.calib, dtype=np.float32)
+    ref = parity.run_outputs(job.handle, x)
+    cand = parity.Outputs(ref.names, tuple(cm.run_edge(torch, lowering, x)))
+    numbers = parity.measure_all(ref, cand)
+    cm.check(numbers, what)
+    try:
+        job.out.write_bytes(cm.serialize(lowering))
+    except Exception as exc:
+        raise refusal(job, exc, "writing the program (to_executorch)") from exc
+    ops = cm.program_ops(job.out)
+    return {"exporter": "executorch.exir.to_edge + CortexMPassManager", "backend": "Cortex-M (CMSIS-NN)",
+            "scheme": "int8", "target": board.name, "cpu": cpu,
+            "quantizer": "CortexMQuantizer (PT2E; per-channel convolution weights, per-tensor activations)",
+            "input_memory_format": "channels_last (NHWC) for 4-D inputs",
+            "program_ops": ops, "cortex_m_ops": [o for o in ops if o["op"].startswith("cortex_m::")],
+            "runtime_needed": "ExecuTorch runtime built with the cortex_m kernels (CMSIS-NN)",
+            "checked_on": cm.RUNTIME_NOTE,
+            "agreement_with_float": {**numbers, "on": "calibration samples", "checked_through": "cortex_m reference ops",
+                                     "bounds": {"min_argmax_agreement": cm.MIN_ARGMAX_AGREEMENT,
+                                                "max_relative_error": cm.MAX_RELATIVE_ERROR}}}
+
+
+def refuse_ethos_u(job: ExportJob, board) -> dict:
+    from workbench.export.executorch_cortex_m import unsupported_target
+
+    raise unsupported_target(board, "the Ethos-U (NPU) path of ExecuTorch is not built in this tool: it needs the "
+                                    "ExecuTorch Arm backend's TOSA tools and Vela, and a runtime to check the program on.")
+
+
+# Which ExecuTorch backend a --target gets, by the board's kind ('npu' for a board with an NPU).
+TARGET_BACKENDS = {"linux": "xnnpack", "mcu": "cortex-m", "npu": "ethos-u"}
+BACKENDS = {"xnnpack": run_xnnpack, "cortex-m": run_cortex_m, "ethos-u": refuse_ethos_u}
 
 
 EXPORTERS.add(("torch", "executorch"), Exporter(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.core.errors import ModelFormatError
+from workbench.core.errors import ModelFormatError, UnsupportedError
 from workbench.core.quiet import captured_output, import_quietly
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.loader import LOADERS, LoadOptions, spec_from
@@ -21,9 +21,37 @@ def import_runtime():
     return import_quietly("torch", "executorch.runtime", extra="executorch", purpose="Running ExecuTorch (.pte) programs")
 
 
+# Operator namespaces whose kernels live in a runtime build of their own, and what that build is.
+KERNEL_BUILDS = {"cortex_m": "an ExecuTorch runtime built with the cortex_m kernels (CMSIS-NN) for a Cortex-M board"}
+
+
+def missing_operators(path: Path) -> list[str]:
+    """The program's operators this runtime has no kernel for (read from the file, checked against the
+    runtime's registry), so a refusal names them instead of the loader's bare error code."""
+    from executorch.extension.pybindings import portable_lib
+
+    from workbench.frontends.pte_reader import read_pte
+
+    method = read_pte(path).method(METHOD)
+    have = set(portable_lib._get_operator_names())
+    return [op for op in (method.operators if method else ()) if op not in have]
+
+
+def refuse_missing(path: Path, missing: list[str]) -> UnsupportedError:
+    spaces = sorted({op.split("::", 1)[0] for op in missing})
+    needs = "; ".join(KERNEL_BUILDS[s] for s in spaces if s in KERNEL_BUILDS)
+    return UnsupportedError(f"The ExecuTorch runtime here has no kernel for {', '.join(missing)} in '{path}'.",
+                            hint=(f"The program needs {needs}; it cannot run on this host. " if needs else "")
+                                 + "Export for this host instead (--format executorch without an MCU --target).")
+
+
 def open_program(path: Path, **kwargs):
-    """(program, forward method) of a .pte; a file the runtime refuses is a ModelFormatError naming why."""
+    """(program, forward method) of a .pte; a file the runtime refuses is a ModelFormatError naming why, a
+    program with operators this runtime lacks an UnsupportedError naming them."""
     rt = import_runtime()
+    missing = missing_operators(path)
+    if missing:
+        raise refuse_missing(path, missing)
     try:
         with captured_output(python_streams=False):
             program = rt.Runtime.get().load_program(Path(path), **kwargs)

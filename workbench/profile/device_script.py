@@ -112,6 +112,22 @@ def _dist_version(dist, module):
         return getattr(mod, "__version__", None)
 
 
+def _et_missing_operators(path):
+    """Operator names in a .pte (flatbuffer strings "namespace::name") that this ExecuTorch runtime has no
+    kernel for; [] when the runtime cannot list its kernels."""
+    import re
+
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        have = set(name.split(".", 1)[0] for name in portable_lib._get_operator_names())
+        with open(path, "rb") as f:
+            found = sorted(set(m.decode() for m in re.findall(rb"[a-z_][a-z0-9_]*::[A-Za-z0-9_]+", f.read())))
+    except Exception:
+        return []
+    return [name for name in found if name not in have]
+
+
 def _first_line(exc):
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -403,6 +419,14 @@ class ExecuTorchBackend:
             program = self.rt.Runtime.get().load_program(path, **kwargs)
             return program, program.load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError and its own types
+            missing = _et_missing_operators(path)
+            if missing:
+                raise ProfilerError("model_load", "executorch here has no kernel for %s: it cannot run this program."
+                                    % ", ".join(missing),
+                                    hint="cortex_m:: operators need an ExecuTorch runtime built with the cortex_m "
+                                         "(CMSIS-NN) kernels, on a Cortex-M board." if any(
+                                        m.startswith("cortex_m::") for m in missing) else
+                                    "Use an ExecuTorch runtime built with kernels for these operators.")
             raise ProfilerError("model_load", "executorch could not load the program: %s" % _first_line(exc),
                                 hint="The file may be from another ExecuTorch version, or need a backend or kernel "
                                      "this runtime was built without.")

@@ -1,0 +1,97 @@
+"""PyTorch -> ExecuTorch for Cortex-M boards (ExecuTorch's Cortex-M backend, CMSIS-NN ops): the int8 program, its
+cortex_m ops in the manifest, parity through the ops' reference code, the host runtime's refusal, Ethos-U refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("executorch", reason="executorch (the 'executorch' extra) is not installed")
+pytest.importorskip("tosa_serializer", reason="tosa-tools (tosa_serializer, imported by ExecuTorch's Arm/Cortex-M "
+                                              "backend) is not installed: pip install --no-deps tosa-tools==2026.5.0")
+
+from workbench import api  # noqa: E402
+from workbench.cli import main  # noqa: E402
+from workbench.core.errors import UnsupportedError  # noqa: E402
+from workbench.frontends.loader import LoadOptions  # noqa: E402
+
+from conftest import DIGITS_FACTORY, MODELS  # noqa: E402
+
+SRC = MODELS / "digits_torch.pt"
+OPTS = LoadOptions(factory=DIGITS_FACTORY)
+
+
+@pytest.fixture(scope="module")
+def cortex_m_pte(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cm") / "digits_m4.pte"
+    return api.convert(SRC, "executorch", out, scheme="int8", calib="digits:train", calib_samples=128,
+                       load_options=OPTS, target="stm32l4r5")
+
+
+def test_cortex_m_program_lists_its_ops_and_says_where_it_runs(cortex_m_pte):
+    recipe = json.loads(cortex_m_pte.manifest_path.read_text())["recipe"]
+    assert recipe["backend"] == "Cortex-M (CMSIS-NN)" and recipe["cpu"] == "cortex-m4" and recipe["target"] == "stm32l4r5"
+    ops = {o["op"] for o in recipe["cortex_m_ops"]}
+    # the digits CNN: depthwise conv (1 input channel), conv, linear, and the float<->int8 edges
+    assert {"cortex_m::quantized_conv2d.out", "cortex_m::quantized_depthwise_conv2d.out", "cortex_m::quantized_linear.out",
+            "cortex_m::quantize_per_tensor.out", "cortex_m::dequantize_per_tensor.out"} <= ops
+    assert not any(o["op"].startswith("aten::convolution") for o in recipe["program_ops"])  # nothing left in float
+    assert "cortex_m kernels (CMSIS-NN)" in recipe["runtime_needed"] and "not run on the target" in recipe["checked_on"]
+    par = recipe["agreement_with_float"]
+    assert par["samples"] == 128 and par["argmax_agreement"] >= 0.97
+    assert par["max_abs_error"] < 0.1 * par["reference_max_abs"], par
+
+
+def test_cortex_m_program_agrees_with_float_on_held_out_digits(cortex_m_pte):
+    """200 test samples through the lowered program's cortex_m reference ops, against the float model."""
+    import torch
+
+    from workbench.data import open_data
+    from workbench.data.dataset import fit_to_input
+    from workbench.export import executorch_cortex_m as cm
+    from workbench.export.parity import run_model
+    from workbench.export.torch_common import traceable
+
+    handle = api.load(SRC, OPTS)
+    data = open_data("digits", split="test", limit=200, seed=0)
+    x = fit_to_input(data.x, handle.inputs[0].shape, handle.inputs[0].layout, data.name, "digits")
+    calib = fit_to_input(open_data("digits", split="train", limit=128, seed=0).x, handle.inputs[0].shape,
+                         handle.inputs[0].layout, "digits", "digits")
+    _, model, sample = traceable(handle)
+    lowered = cm.lower(torch, model, sample, calib, "cortex-m4")
+    got = cm.run_edge(torch, lowered, x)[0]
+    ref = run_model(handle, x)
+    assert float(np.mean(got.argmax(1) == ref.argmax(1))) >= 0.97
+    assert float(np.mean(got.argmax(1) == data.y)) >= 0.9
+
+
+def test_host_runtime_refuses_it_naming_the_cortex_m_operator(cortex_m_pte):
+    from workbench.export.parity import run_model
+
+    with pytest.raises(UnsupportedError, match=r"no kernel for cortex_m::\w+") as info:
+        run_model(cortex_m_pte.path, np.zeros((1, 1, 8, 8), np.float32))
+    assert "CMSIS-NN" in info.value.hint
+    res = CliRunner().invoke(main, ["benchmark", str(cortex_m_pte.path), "--calib", "digits:train", "--runs", "2"])
+    assert res.exit_code == 2 and "cortex_m::quantized_conv2d" in res.output and "Traceback" not in res.output
+
+
+def test_ethos_u_target_is_refused_and_leaves_nothing(tmp_path):
+    out = tmp_path / "npu.pte"
+    res = CliRunner().invoke(main, ["export", str(SRC), "--factory", DIGITS_FACTORY, "--format", "executorch",
+                                    "--scheme", "int8", "--calib", "digits:train", "--calib-samples", "16",
+                                    "--target", "ethos-u55-128", "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "Ethos-U" in res.output and "not built" in res.output and "TOSA" in res.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_non_cortex_m_mcu_and_float_are_refused(tmp_path):
+    with pytest.raises(UnsupportedError, match="needs a Cortex-M core"):
+        api.convert(SRC, "executorch", tmp_path / "esp.pte", scheme="int8", calib="digits:train", calib_samples=16,
+                    load_options=OPTS, target="esp32-s3")
+    with pytest.raises(UnsupportedError, match="int8 only"):
+        api.convert(SRC, "executorch", tmp_path / "f.pte", scheme="float", load_options=OPTS, target="stm32l4r5")
+    assert not list(tmp_path.iterdir())
