@@ -34,6 +34,10 @@ def convert(model, fmt: str, out: str | Path, **kw):
     """
     from workbench.export.convert import convert_model
 
+    if isinstance(kw.get("target"), str):  # a board whose backend the exporter picks (executorch): its profile
+        from workbench.emulate import load_target
+
+        kw["target"] = load_target(kw["target"])
     return convert_model(model, fmt, out, **kw)
 
 

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from workbench.core.errors import RuntimeFailure, UnsupportedError, WorkbenchError
+from workbench.core.errors import ConfigError, RuntimeFailure, UnsupportedError, WorkbenchError
 from workbench.core.quiet import captured_output, import_quietly
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
 from workbench.export.torch_common import refuse_torchscript, traceable
@@ -210,12 +210,12 @@ def lower(job: ExportJob) -> dict:
 
 def run(job: ExportJob) -> dict:
     """The backend for ``--target`` (by the board's kind, see :data:`TARGET_BACKENDS`), XNNPACK without one."""
-    target = job.options.get("target")
-    if not target:
+    board = job.options.get("target")
+    if not board:
         return run_xnnpack(job)
-    from workbench.emulate.targets import load_target
-
-    board = load_target(target)
+    if isinstance(board, str):  # the api resolves a board's name to its profile (workbench.api.convert)
+        raise ConfigError(f"The executorch exporter takes the target's profile, not its name '{board}'.",
+                          hint="Call workbench.api.convert(..., target=NAME), or pass workbench.emulate.load_target(NAME).")
     return BACKENDS[TARGET_BACKENDS["npu" if board.npu is not None else board.kind]](job, board)
 
 
