@@ -430,10 +430,13 @@ def test_benchmark_takes_onnx(labelled):
     r = _cli("benchmark", src, "--calib", data, "--data", data, "--runs", 10, "--json")
     assert r.exit_code == 0, r.output  # was: "benchmark compares deployment stacks of PyTorch and Keras models"
     rows = {row["stack"]: row for row in json.loads(r.output)["rows"]}
-    assert set(rows) == {"onnxruntime (as given)", "onnxruntime fp16", "onnxruntime dynamic", "onnxruntime int8"}
+    assert set(rows) == {"onnxruntime (as given)", "onnxruntime fp16", "onnxruntime dynamic", "onnxruntime int8",
+                         "litert float", "litert int8", "tflite-micro int8"}  # the last three through ONNX -> TFLite
     assert all("error" not in row and row["latency_ms"] > 0 for row in rows.values()), rows
     assert rows["onnxruntime (as given)"]["accuracy"] == 1.0
     assert rows["onnxruntime int8"]["argmax_agreement"] >= 0.8
+    assert rows["litert float"]["argmax_agreement"] == 1.0  # the NCHW model's data fed NHWC to the converted file
+    assert rows["litert int8"]["argmax_agreement"] >= 0.8 and rows["tflite-micro int8"]["argmax_agreement"] >= 0.8
 
 
 CLS_MACS = 16 * 8 * 8 * 27 + 4 * 16  # the classifier's conv and Gemm

@@ -41,9 +41,9 @@ def onnx_target(handle, tgt: Target) -> tuple[Target, Graph]:
         where = "an NPU board" if tgt.npu is not None else "an MCU"
         raise UnsupportedError(
             f"'{handle.path}' is an ONNX model; {tgt.name} is {where} running TensorFlow Lite Micro, which runs .tflite "
-            "models only, and ONNX has no route to .tflite with this tool's pinned set (see workbench inspect).",
-            hint="Export the model from the framework it came from (workbench export model.pt --format tflite), or emulate "
-                 "the .onnx on a Linux board (workbench targets list).")
+            "models only.",
+            hint=f"Convert it first (workbench export {handle.path.name} --format tflite --scheme int8 --calib DATA "
+                 "-o model.tflite), or emulate the .onnx on a Linux board (workbench targets list).")
     graph = handle.meta.get("graph")
     if graph is None:
         raise ModelFormatError(f"'{handle.path}': its graph could not be read.")

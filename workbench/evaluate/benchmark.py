@@ -4,8 +4,9 @@ For a PyTorch model: PyTorch eager, torch.export, TorchScript, ONNX Runtime (flo
 LiteRT (float, dynamic, int8), TFLite Micro (int8) and ExecuTorch with XNNPACK (float, int8); a .pte
 runs in ExecuTorch as given. For a Keras model: Keras, LiteRT
 (float, fp16, dynamic, int8) and TFLite Micro (float, int8). For an .onnx model: ONNX Runtime
-on the file as given, and on its fp16, dynamic and int8 versions (ONNX Runtime's quantizer);
-ONNX has no route to TFLite with the pinned set (see ``workbench inspect``). Each stack reports file size,
+on the file as given, and on its fp16, dynamic and int8 versions (ONNX Runtime's quantizer), then LiteRT
+(float, int8) and TFLite Micro (int8) on the .tflite the ONNX -> TFLite route writes (onnx2tf, then this
+tool's PTQ). Each stack reports file size,
 load time, single-sample latency on this machine (threads stated), and with data the
 accuracy and agreement with the original. Latency is the median of single-sample calls
 after warm-up; TFLite Micro runs in a child process, so its figure is the batch time per
@@ -89,6 +90,9 @@ STACKS = {
         Stack("onnxruntime fp16", "ort", _convert("onnx", "fp16")),
         Stack("onnxruntime dynamic", "ort", _convert("onnx", "dynamic")),
         Stack("onnxruntime int8", "ort", _convert("onnx", "int8")),
+        Stack("litert float", "litert", _convert("tflite", "float")),
+        Stack("litert int8", "litert", _convert("tflite", "int8")),
+        Stack("tflite-micro int8", "tflm", _convert("tflite", "int8")),
     ],
     "keras": [
         Stack("keras", "keras", _reload),
