@@ -194,6 +194,28 @@ def test_bn_gamma_criterion_ranks_by_batch_norm():
     np.testing.assert_array_equal(plan.out_keep["stem.0"], np.arange(16, 32))
 
 
+def test_round_to_keeps_multiples_and_never_removes_more_than_asked():
+    """--round-to 4 on the digits model at 25%: conv1 (8 filters) would keep 6, which CMSIS-NN's depthwise kernel
+    runs on its slow generic path; rounded up it keeps 8, conv2 keeps 12 of 16 (already a multiple)."""
+    import torch
+
+    from workbench.builtin.models.reference import digits_torch
+    from workbench.optimize.prune_torch import plan_channels
+
+    model = digits_torch().eval()
+    x = torch.zeros(1, 1, 8, 8)
+    plain = {g["layers"][0]: g["kept"] for g in plan_channels(model, x, PruneConfig(method="channel", sparsity=0.25), "d").groups}
+    rounded = {g["layers"][0]: g["kept"] for g in
+               plan_channels(model, x, PruneConfig(method="channel", sparsity=0.25, round_to=4), "d").groups}
+    assert plain["conv1"] == 6 and rounded["conv1"] == 8
+    assert plain["conv2"] == rounded["conv2"] == 12
+    at_75 = {g["layers"][0]: g["kept"] for g in
+             plan_channels(model, x, PruneConfig(method="channel", sparsity=0.75, round_to=8), "d").groups}
+    assert at_75["conv1"] == 8 and at_75["conv2"] == 8  # 2 and 4 rounded up to 8
+    with pytest.raises(ConfigError, match="--round-to"):
+        PruneConfig(method="channel", sparsity=0.5, round_to=0)
+
+
 # ---------------------------------------------------------------- bad data
 
 def test_training_data_without_labels_is_refused(tmp_path, digits_torch_path):

@@ -113,6 +113,10 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
 @click.option("--patience", type=int, default=2, show_default=True,
               help="Channel: stop after this many epochs without a better accuracy on 10% of --train held out for it, "
               "and keep the best epoch (0: train every epoch, keep the last).")
+@click.option("--round-to", type=int, default=1, show_default=True, metavar="N",
+              help="Channel: keep a multiple of N channels per group (rounded up). 4 or 8 keeps the counts CMSIS-NN "
+              "runs on its fast paths: measured on a Cortex-M4, 6 filters of a depthwise layer took 1.9x the "
+              "instructions of 8.")
 @click.option("--calib-samples", type=int, default=200, show_default=True, help="Calibration samples for the int8 .tflite.")
 @click.option("--no-int8", is_flag=True, help="Skip the int8 .tflite export, size and latency measurement.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Pruned model: same format as MODEL (.pt2 for PyTorch channel pruning).")
@@ -120,7 +124,7 @@ def run_with_progress(step, label: str, as_json: bool, render, *args, **kw) -> N
 @json_option
 def prune_cmd(model, trust_model, factory, input_shape, train_data, val_data, epochs, lr, lr_schedule, batch_size, seed, loss, step,
               train_samples, resume, sparsity, method, schedule, criterion, frequency, distill, lr_restart, patience,
-              calib_samples, no_int8, output, overwrite, as_json):
+              round_to, calib_samples, no_int8, output, overwrite, as_json):
     """Prune MODEL, fine-tune it on --train and report what changed, layer by layer and on the device.
 
     \b
@@ -139,7 +143,7 @@ def prune_cmd(model, trust_model, factory, input_shape, train_data, val_data, ep
     cfg = PruneConfig(method=method, sparsity=sparsity, schedule=schedule, criterion=criterion, frequency=frequency,
                       train=train_config(epochs, lr, lr_schedule, batch_size, seed, loss, step, train_samples),
                       calib_samples=calib_samples, distill=distill, lr_restart=lr_restart,
-                      patience=patience if patience else None)
+                      patience=patience if patience else None, round_to=round_to)
     run_with_progress(prune, "fine-tuning", as_json, render, model, output, cfg, train_data, val_data,
                       load_options=load_options(trust_model, factory, input_shape), overwrite=overwrite, resume=resume,
                       measure_int8=not no_int8)

@@ -134,7 +134,9 @@ class ChannelGraph:
 
     # --- planning
     def plan(self, sparsity: float, l1: dict[str, np.ndarray], gamma: dict[str, np.ndarray] | None = None,
-             criterion: str = "l1") -> ChannelPlan:
+             criterion: str = "l1", round_to: int = 1) -> ChannelPlan:
+        """Which channels each group keeps: ``round(C * (1 - sparsity))`` of them, rounded up to a multiple of
+        ``round_to`` (never more than C), by the criterion's score."""
         gamma = gamma or {}
         groups: dict[int, dict] = {}
         for layer, s in self._sources:
@@ -160,6 +162,7 @@ class ChannelGraph:
                 used = "l1"
                 score = sum(_normalised(l1[s]) for s in g["sources"])
             n_keep = max(1, int(round(c * (1.0 - sparsity))))
+            n_keep = min(c, -(-n_keep // round_to) * round_to)
             order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
             keep[root] = np.sort(order[:n_keep])
             entry.update({"kept": int(n_keep), "pruned": n_keep < c, "criterion": used})

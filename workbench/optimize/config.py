@@ -81,7 +81,8 @@ class PruneConfig:
     ``constant`` removes them all before fine-tuning. ``distill``: the loss also follows the
     unpruned model's outputs. ``patience``: early stopping on ``holdout`` of the training data
     (not the validation data), keeping the best epoch at the final sparsity; None trains every epoch.
-    ``distill``, ``lr_restart``, ``patience`` and ``holdout`` apply to channel pruning."""
+    ``round_to``: each group keeps a multiple of this many channels (rounded up, so at most ``sparsity`` is
+    removed). ``distill``, ``lr_restart``, ``patience``, ``holdout`` and ``round_to`` apply to channel pruning."""
 
     method: str = "magnitude"
     sparsity: float = 0.5
@@ -95,6 +96,7 @@ class PruneConfig:
     lr_restart: bool = True
     patience: int | None = 2
     holdout: float = 0.1
+    round_to: int = 1  # channel: kept channels per group rounded up to a multiple of this
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -107,6 +109,9 @@ class PruneConfig:
             object.__setattr__(self, "schedule", "polynomial" if self.method == "channel" else "constant")
         if self.criterion is None:
             object.__setattr__(self, "criterion", "bn-gamma" if self.method == "channel" else "l1")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"--round-to must be a whole number of channels >= 1, got {self.round_to!r}.",
+                              hint="4 or 8 keeps channel counts that CMSIS-NN and NPUs run on their fast paths.")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Unknown schedule '{self.schedule}'. Valid: {', '.join(SCHEDULES)}.")
         if self.criterion not in CRITERIA:

@@ -28,7 +28,7 @@ def channel_masker(model, sample, plan: ChannelPlan, cfg: PruneConfig, frequency
                     if p is not None:
                         p[k] = 0.0
 
-    return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(modules), cfg.criterion),
+    return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(modules), cfg.criterion, cfg.round_to),
                          zero=zero, sizes=sizes, frequency=frequency)
 
 

@@ -237,7 +237,7 @@ def channel_scores(model, graph: kb.KerasGraph) -> tuple[dict, dict]:
 def plan_channels(model, cfg: PruneConfig, where: str) -> tuple[kb.KerasGraph, ChannelPlan]:
     graph = kb.read_graph(model, where)
     g = trace_channels(graph, where)
-    plan = g.plan(cfg.sparsity, *channel_scores(model, graph), cfg.criterion)
+    plan = g.plan(cfg.sparsity, *channel_scores(model, graph), cfg.criterion, cfg.round_to)
     if not plan.changed:
         raise UnsupportedError(f"Channel pruning found nothing to prune in {where}: every channel group is pinned "
                                "(model inputs and outputs keep their channels) or would keep all channels at "
@@ -273,7 +273,7 @@ def channel_masker(model, graph: kb.KerasGraph, plan: ChannelPlan, cfg: PruneCon
         for var, m in cache["masks"]:
             var.assign(np.asarray(var.numpy()) * m)
 
-    return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(model, graph), cfg.criterion),
+    return ChannelMasker(config=cfg, plan_at=lambda s: g.plan(s, *channel_scores(model, graph), cfg.criterion, cfg.round_to),
                          zero=zero, sizes=sizes, frequency=frequency)
 
 

@@ -297,7 +297,7 @@ def channel_scores(modules: dict) -> tuple[dict, dict]:
 
 def plan_channels(model, sample, cfg: PruneConfig, where: str = "the model") -> ChannelPlan:
     g, modules = trace_channels(model, sample, where)
-    plan = g.plan(cfg.sparsity, *channel_scores(modules), cfg.criterion)
+    plan = g.plan(cfg.sparsity, *channel_scores(modules), cfg.criterion, cfg.round_to)
     if not plan.changed:
         raise UnsupportedError(f"Channel pruning found nothing to prune in {where}: every channel group is pinned "
                                "(model inputs and outputs keep their channels) or would keep all channels at "
