@@ -94,4 +94,7 @@ def test_non_cortex_m_mcu_and_float_are_refused(tmp_path):
                     load_options=OPTS, target="esp32-s3")
     with pytest.raises(UnsupportedError, match="int8 only"):
         api.convert(SRC, "executorch", tmp_path / "f.pte", scheme="float", load_options=OPTS, target="stm32l4r5")
+    with pytest.raises(UnsupportedError, match="own observers"):  # --calibrator mse would be silently ignored
+        api.convert(SRC, "executorch", tmp_path / "m.pte", scheme="int8", calib="digits:train", calib_samples=16,
+                    calibrator="mse", load_options=OPTS, target="stm32l4r5")
     assert not list(tmp_path.iterdir())

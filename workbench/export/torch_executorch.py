@@ -264,6 +264,9 @@ def run_cortex_m(job: ExportJob, board) -> dict:
     if not cfg.per_channel:
         raise UnsupportedError("The ExecuTorch Cortex-M path quantizes convolution weights per channel (CortexMQuantizer's "
                                "fixed configuration); --per-tensor is not available.", hint="Drop --per-tensor.")
+    if cfg.calibrator != "minmax":
+        raise UnsupportedError(f"The ExecuTorch Cortex-M path calibrates with CortexMQuantizer's own observers; "
+                               f"--calibrator {cfg.calibrator} is not available there.", hint="Drop --calibrator.")
     import_exir()
     torch, model, sample = traceable(job.handle)
     step = "quantizing with CortexMQuantizer and lowering with CortexMPassManager"
@@ -287,6 +290,7 @@ def run_cortex_m(job: ExportJob, board) -> dict:
     return {"exporter": "executorch.exir.to_edge + CortexMPassManager", "backend": "Cortex-M (CMSIS-NN)",
             "scheme": "int8", "target": board.name, "cpu": cpu,
             "quantizer": "CortexMQuantizer (PT2E; per-channel convolution weights, per-tensor activations)",
+            "calibrator": "CortexMQuantizer's own observers (min/max)",
             "input_memory_format": "channels_last (NHWC) for 4-D inputs",
             "program_ops": ops, "cortex_m_ops": [o for o in ops if o["op"].startswith("cortex_m::")],
             "runtime_needed": "ExecuTorch runtime built with the cortex_m kernels (CMSIS-NN)",
