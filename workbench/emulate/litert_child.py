@@ -121,14 +121,20 @@ def measure(path: str, threads: int) -> dict:
             "module": module, "version": version, "threads": threads}
 
 
-def main(argv: list[str]) -> int:
+def run_main(argv: list[str], usage: str, prefix: str, run) -> int:
+    """The measuring children's command line: ``run(argv)`` -> one JSON line after ``prefix`` (exit 0), or the
+    usage when no model is given (exit 2). Kept here, beside ``_rss``, so a child imports nothing else."""
     if len(argv) < 1:
-        sys.stdout.write("usage: python -m workbench.emulate.litert_child MODEL [THREADS]\n")
+        sys.stdout.write(f"usage: {usage}\n")
         return 2
-    result = measure(argv[0], int(argv[1]) if len(argv) > 1 else 1)
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.write(prefix + json.dumps(run(argv)) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_main(argv, "python -m workbench.emulate.litert_child MODEL [THREADS]", RESULT_PREFIX,
+                    lambda a: measure(a[0], int(a[1]) if len(a) > 1 else 1))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ running the model.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from workbench.emulate.litert_child import _rss
+from workbench.emulate.litert_child import _rss, run_main
 
 RESULT_PREFIX = "@@ort-result "
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -54,14 +53,11 @@ def measure(path: str, threads: int, shape: list[int] | None = None) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 1:
-        sys.stdout.write("usage: python -m workbench.emulate.ort_child MODEL [THREADS] [SHAPE]\n")
-        return 2
-    shape = [int(d) for d in argv[2].split(",")] if len(argv) > 2 and argv[2] else None
-    result = measure(argv[0], int(argv[1]) if len(argv) > 1 else 1, shape)
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
+    def run(a: list[str]) -> dict:
+        shape = [int(d) for d in a[2].split(",")] if len(a) > 2 and a[2] else None
+        return measure(a[0], int(a[1]) if len(a) > 1 else 1, shape)
+
+    return run_main(argv, "python -m workbench.emulate.ort_child MODEL [THREADS] [SHAPE]", RESULT_PREFIX, run)
 
 
 if __name__ == "__main__":

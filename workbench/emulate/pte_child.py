@@ -9,10 +9,9 @@ missing operator to the process's stderr, which the parent reads.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from workbench.emulate.litert_child import _rss
+from workbench.emulate.litert_child import _rss, run_main
 
 RESULT_PREFIX = "@@pte-result "
 
@@ -53,13 +52,8 @@ def measure(path: str, threads: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 1:
-        sys.stdout.write("usage: python -m workbench.emulate.pte_child MODEL [THREADS]\n")
-        return 2
-    result = measure(argv[0], int(argv[1]) if len(argv) > 1 else 1)
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
+    return run_main(argv, "python -m workbench.emulate.pte_child MODEL [THREADS]", RESULT_PREFIX,
+                    lambda a: measure(a[0], int(a[1]) if len(a) > 1 else 1))
 
 
 if __name__ == "__main__":
