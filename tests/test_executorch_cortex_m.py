@@ -1,5 +1,6 @@
 """PyTorch -> ExecuTorch for Cortex-M boards (ExecuTorch's Cortex-M backend, CMSIS-NN ops): the int8 program, its
-cortex_m ops in the manifest, parity through the ops' reference code, the host runtime's refusal, Ethos-U refusal."""
+cortex_m ops in the manifest, parity through the ops' reference code, the host runtime's refusal; Ethos-U boards through
+the Arm backend (EthosUBackend delegate), checked through the TOSA reference model."""
 
 from __future__ import annotations
 
@@ -78,14 +79,42 @@ def test_host_runtime_refuses_it_naming_the_cortex_m_operator(cortex_m_pte):
     assert res.exit_code == 2 and "cortex_m::quantized_conv2d" in res.output and "Traceback" not in res.output
 
 
-def test_ethos_u_target_is_refused_and_leaves_nothing(tmp_path):
+def test_ethos_u_target_gets_an_ethos_u_delegate_checked_through_the_tosa_reference_model(tmp_path):
+    pytest.importorskip("tosa_reference_model", reason="tosa-tools' tosa_reference_model is not installed")
+    pytest.importorskip("ethosu.vela", reason="ethos-u-vela is not installed")
+    from workbench.frontends.pte_reader import read_pte
+
     out = tmp_path / "npu.pte"
     res = CliRunner().invoke(main, ["export", str(SRC), "--factory", DIGITS_FACTORY, "--format", "executorch",
-                                    "--scheme", "int8", "--calib", "digits:train", "--calib-samples", "16",
+                                    "--scheme", "int8", "--calib", "digits:train", "--calib-samples", "64",
                                     "--target", "ethos-u55-128", "-o", str(out)])
-    assert res.exit_code == 2, res.output
-    assert "Ethos-U" in res.output and "not built" in res.output and "TOSA" in res.output
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert res.exit_code == 0, res.output
+    method = read_pte(out).method("forward")  # read back without torch
+    assert method.delegates == ("EthosUBackend",) and "delegate:EthosUBackend" in method.instructions
+    recipe = json.loads(out.with_name("npu.pte.json").read_text())["recipe"]
+    assert recipe["accelerator"] == "ethos-u55-128" and recipe["system_config"] == "Ethos_U55_High_End_Embedded"
+    assert recipe["memory_mode"] == "Shared_Sram" and recipe["delegates"] == ["EthosUBackend"]
+    # the digits CNN runs whole on the NPU: only the float<->int8 edges stay on the CPU
+    assert {o["op"] for o in recipe["ops_outside_delegate"]} == {"quantized_decomposed::quantize_per_tensor.out",
+                                                                  "quantized_decomposed::dequantize_per_tensor.out"}
+    par = recipe["agreement_with_float"]
+    assert "TOSA reference model" in par["checked_through"] and "not the NPU" in par["checked_through"]
+    assert par["samples"] == 64 and par["argmax_agreement"] >= 0.97
+    assert par["max_abs_error"] < 0.1 * par["reference_max_abs"], par
+    assert "Ethos-U delegate" in recipe["runtime_needed"] and "driver" in recipe["runtime_needed"]
+    assert recipe["vela"]["npu_cycles"] > 0 and recipe["vela"]["macs"] > 0 and "estimate" in recipe["vela"]["source"]
+
+
+def test_ethos_u_program_below_the_parity_bound_is_not_written(tmp_path, monkeypatch):
+    pytest.importorskip("tosa_reference_model", reason="tosa-tools' tosa_reference_model is not installed")
+    from workbench.core.errors import CheckFailed
+    from workbench.export import executorch_cortex_m as cm
+
+    monkeypatch.setattr(cm, "MIN_ARGMAX_AGREEMENT", 1.01)  # no program can reach it
+    with pytest.raises(CheckFailed, match="nothing was written"):
+        api.convert(SRC, "executorch", tmp_path / "npu.pte", scheme="int8", calib="digits:train", calib_samples=16,
+                    load_options=OPTS, target="ethos-u55-128")
+    assert not list(tmp_path.iterdir())
 
 
 def test_non_cortex_m_mcu_and_float_are_refused(tmp_path):
@@ -94,6 +123,8 @@ def test_non_cortex_m_mcu_and_float_are_refused(tmp_path):
                     load_options=OPTS, target="esp32-s3")
     with pytest.raises(UnsupportedError, match="int8 only"):
         api.convert(SRC, "executorch", tmp_path / "f.pte", scheme="float", load_options=OPTS, target="stm32l4r5")
+    with pytest.raises(UnsupportedError, match="int8 only"):
+        api.convert(SRC, "executorch", tmp_path / "u.pte", scheme="float", load_options=OPTS, target="ethos-u55-128")
     with pytest.raises(UnsupportedError, match="own observers"):  # --calibrator mse would be silently ignored
         api.convert(SRC, "executorch", tmp_path / "m.pte", scheme="int8", calib="digits:train", calib_samples=16,
                     calibrator="mse", load_options=OPTS, target="stm32l4r5")

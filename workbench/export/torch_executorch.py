@@ -300,16 +300,61 @@ def run_cortex_m(job: ExportJob, board) -> dict:
                                                 "max_relative_error": cm.MAX_RELATIVE_ERROR}}}
 
 
-def refuse_ethos_u(job: ExportJob, board) -> dict:
-    from workbench.export.executorch_cortex_m import unsupported_target
+def run_ethos_u(job: ExportJob, board) -> dict:
+    """A board with an Ethos-U NPU: ExecuTorch's Arm backend (TOSA -> Vela command stream in the EthosUBackend
+    delegate), int8 only; checked through the TOSA reference model before anything is written (see
+    executorch_ethos_u)."""
+    from workbench.export import executorch_cortex_m as cm
+    from workbench.export import executorch_ethos_u as eu
+    from workbench.export import parity
 
-    raise unsupported_target(board, "the Ethos-U (NPU) path of ExecuTorch is not built in this tool: it needs the "
-                                    "ExecuTorch Arm backend's TOSA tools and Vela, and a runtime to check the program on.")
+    npu, cfg = board.npu, job.config
+    if npu.family != "ethos-u":
+        raise cm.unsupported_target(board, f"ExecuTorch's Arm backend compiles for Ethos-U NPUs, not '{npu.family}'.")
+    if cfg.scheme != "int8":
+        raise UnsupportedError(f"The ExecuTorch Ethos-U path for '{board.name}' is int8 only (the NPU runs integer "
+                               f"operators); --scheme {cfg.scheme} was asked.", hint="Pass --scheme int8 --calib DATA.")
+    import_exir()
+    torch, model, sample = traceable(job.handle)
+    step = f"quantizing with EthosUQuantizer and lowering for {npu.accelerator} (TOSA, Vela)"
+    try:
+        lowering = eu.lower(torch, model, sample, job.calib, npu, cfg.per_channel, cfg.calibrator)
+        step = "running the TOSA-lowered program through the TOSA reference model"
+        x = np.asarray(job.calib, dtype=np.float32)
+        ref = parity.run_outputs(job.handle, x)
+        cand = parity.Outputs(ref.names, tuple(eu.run_tosa(torch, lowering, x)))
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise refusal(job, exc, step) from exc
+    numbers = parity.measure_all(ref, cand)
+    cm.check(numbers, f"PyTorch -> ExecuTorch Ethos-U int8 ({npu.accelerator}) of '{job.handle.path}'")
+    job.out.write_bytes(lowering.program)
+    ops = cm.program_ops(job.out)
+    delegates = [o for o in ops if o["op"].startswith("delegate:")]
+    if not delegates:
+        job.out.unlink()
+        raise UnsupportedError(f"ExecuTorch's Ethos-U partitioner took no op of '{job.handle.path}' for {npu.accelerator}; "
+                               "nothing was written.", hint="Export TFLite Micro sources instead: --format tflm "
+                                                            f"--target {board.name}")
+    return {"exporter": "executorch.exir.to_edge_transform_and_lower + EthosUPartitioner", "backend": "Ethos-U (Arm backend)",
+            "scheme": "int8", "target": board.name, "accelerator": npu.accelerator,
+            "system_config": npu.system_config, "memory_mode": npu.memory_mode, "tosa_spec": lowering.tosa_spec,
+            "quantizer": "EthosUQuantizer (PT2E, Arm get_symmetric_quantization_config)", "per_channel": cfg.per_channel,
+            "calibrator": cfg.calibrator, "program_ops": ops, "delegates": [o["op"].split(":", 1)[1] for o in delegates],
+            "ops_outside_delegate": [o for o in ops if not o["op"].startswith("delegate:")],
+            "vela": eu.vela_numbers(lowering.vela_summary, npu.clock_mhz),
+            "runtime_needed": "ExecuTorch runtime with the Ethos-U delegate (EthosUBackend) and the Ethos-U NPU driver",
+            "checked_on": eu.RUNTIME_NOTE,
+            "agreement_with_float": {**numbers, "on": "calibration samples",
+                                     "checked_through": f"TOSA reference model ({lowering.tosa_spec}), not the NPU",
+                                     "bounds": {"min_argmax_agreement": cm.MIN_ARGMAX_AGREEMENT,
+                                                "max_relative_error": cm.MAX_RELATIVE_ERROR}}}
 
 
 # Which ExecuTorch backend a --target gets, by the board's kind ('npu' for a board with an NPU).
 TARGET_BACKENDS = {"linux": "xnnpack", "mcu": "cortex-m", "npu": "ethos-u"}
-BACKENDS = {"xnnpack": run_xnnpack, "cortex-m": run_cortex_m, "ethos-u": refuse_ethos_u}
+BACKENDS = {"xnnpack": run_xnnpack, "cortex-m": run_cortex_m, "ethos-u": run_ethos_u}
 
 
 EXPORTERS.add(("torch", "executorch"), Exporter(
