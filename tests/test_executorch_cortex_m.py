@@ -129,3 +129,18 @@ def test_non_cortex_m_mcu_and_float_are_refused(tmp_path):
         api.convert(SRC, "executorch", tmp_path / "m.pte", scheme="int8", calib="digits:train", calib_samples=16,
                     calibrator="mse", load_options=OPTS, target="stm32l4r5")
     assert not list(tmp_path.iterdir())
+
+
+def test_missing_tosa_tools_is_exit_3_naming_the_install(monkeypatch):
+    """Without tosa-tools the Cortex-M backend cannot import: a missing-dependency error (exit 3) with the
+    --no-deps install line, not a TypeError."""
+    import sys
+
+    from workbench.core.errors import MissingDependencyError
+    from workbench.export import executorch_cortex_m as cm
+
+    monkeypatch.setitem(sys.modules, "tosa_serializer", None)  # import tosa_serializer now raises ImportError
+    with pytest.raises(MissingDependencyError) as e:
+        cm.import_backend()
+    assert e.value.exit_code == 3 and "tosa_serializer" in e.value.message
+    assert "--no-deps tosa-tools==" in e.value.hint

@@ -51,10 +51,11 @@ def import_backend():
     try:
         import tosa_serializer  # noqa: F401  (imported by executorch.backends.arm, which the Cortex-M quantizer uses)
     except ImportError:
-        raise MissingDependencyError(
-            "ExecuTorch's Cortex-M backend imports the Arm backend, which needs 'tosa_serializer' (package tosa-tools).",
-            hint=f"pip install --no-deps {TOSA_PIN}  (its declared pins would move numpy; the module needs none of them)",
-        ) from None
+        err = MissingDependencyError("tosa_serializer", "executorch",
+                                     "ExecuTorch's Cortex-M backend (through the Arm backend it imports)")
+        err.hint = (f"pip install --no-deps {TOSA_PIN}  (package tosa-tools; its declared pins would move numpy, "
+                    "the module needs none of them)")
+        raise err from None
     from executorch.backends.cortex_m.edge_compile_config import cortex_m_edge_compile_config
     from executorch.backends.cortex_m.passes.cortex_m_pass_manager import CortexMPassManager
     from executorch.backends.cortex_m.quantizer.quantizer import CortexMQuantizer
