@@ -24,6 +24,7 @@ import numpy as np
 
 from workbench.core.errors import CheckFailed, MissingDependencyError, UnsupportedError
 from workbench.core.quiet import captured_output
+from workbench.export.torch_common import calibrate, outputs_per_sample
 
 TOSA_PIN = "tosa-tools==2026.5.0"  # the version executorch 1.5.1 names in its 'ethos-u' extra
 # Parity bounds for the program run through the cortex_m reference ops, against the float model.
@@ -79,9 +80,7 @@ def lower(torch, model, sample, calib: np.ndarray, cpu: str) -> CortexMLowering:
     with captured_output():
         graph = torch.export.export(model, (sample,), strict=True).module(check_guards=False)
         prepared = prepare_pt2e(graph, quantizer())
-        with torch.no_grad():
-            for i in range(len(calib)):
-                prepared(channels_last(torch, torch.from_numpy(np.ascontiguousarray(calib[i : i + 1], dtype=np.float32))))
+        calibrate(torch, prepared, calib, lambda t: channels_last(torch, t))
         quantized = convert_pt2e(prepared)
         exported = torch.export.export(quantized, (sample,), strict=True)
         edge = to_edge(exported, compile_config=edge_config())
@@ -100,17 +99,7 @@ def serialize(lowering: CortexMLowering) -> bytes:
 
 def run_edge(torch, lowering: CortexMLowering, x: np.ndarray) -> list[np.ndarray]:
     """Outputs of the lowered program on ``x`` (one sample at a time), cortex_m ops through their reference code."""
-    module = lowering.edge_program.module()
-    outs: list[list[np.ndarray]] = []
-    with torch.no_grad():
-        for i in range(len(x)):
-            ys = module(channels_last(torch, torch.from_numpy(np.ascontiguousarray(x[i : i + 1], dtype=np.float32))))
-            ys = list(ys) if isinstance(ys, (tuple, list)) else [ys]
-            if not outs:
-                outs = [[] for _ in ys]
-            for k, y in enumerate(ys):
-                outs[k].append(y.detach().float().numpy())
-    return [np.concatenate(o) for o in outs]
+    return outputs_per_sample(torch, lowering.edge_program.module(), x, lambda t: channels_last(torch, t))
 
 
 def check(numbers: dict, what: str) -> None:
@@ -125,6 +114,12 @@ def check(numbers: dict, what: str) -> None:
         raise CheckFailed(f"{what}: max abs error {err:.4g} is above {MAX_RELATIVE_ERROR:.0%} of the float output's "
                           f"range ({ref:.4g}) on {numbers['samples']} samples; nothing was written.",
                           hint="Calibrate on more representative data (--calib, --calib-samples).")
+
+
+def agreement_record(numbers: dict, checked_through: str) -> dict:
+    """The manifest's record of a parity measured on the calibration samples, with the bounds :func:`check` applied."""
+    return {**numbers, "on": "calibration samples", "checked_through": checked_through,
+            "bounds": {"min_argmax_agreement": MIN_ARGMAX_AGREEMENT, "max_relative_error": MAX_RELATIVE_ERROR}}
 
 
 def program_ops(path) -> list[dict]:

@@ -15,7 +15,6 @@ own performance summary (cycles, memory) is read from the files it writes.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from workbench.core.errors import MissingDependencyError
 from workbench.core.quiet import captured_output
+from workbench.export.torch_common import calibrate, outputs_per_sample
 
 RUNTIME_NOTE = ("needs an ExecuTorch runtime built with the Ethos-U delegate (EthosUBackend) and the Ethos-U NPU driver; "
                 "checked on the host through the TOSA reference model of the same quantized graph, not run on the NPU")
@@ -77,9 +77,7 @@ def lower(torch, model, sample, calib: np.ndarray, npu, per_channel: bool, calib
     spec = compile_spec(npu.accelerator, system_config=npu.system_config, memory_mode=npu.memory_mode)
     with captured_output(), tempfile.TemporaryDirectory(prefix="workbench-ethos-u-") as tmp:
         prepared = prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer(spec, per_channel, calibrator))
-        with torch.no_grad():
-            for i in range(len(calib)):
-                prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 1], dtype=np.float32)))
+        calibrate(torch, prepared, calib)
         exported = torch.export.export(convert_pt2e(prepared), (sample,))
         tosa_edge = to_edge_transform_and_lower(exported, partitioner=[TOSAPartitioner(TosaCompileSpec(spec.tosa_spec))])
         spec.dump_intermediate_artifacts_to(tmp)  # Vela writes its summary CSV there
@@ -90,18 +88,16 @@ def lower(torch, model, sample, calib: np.ndarray, npu, per_channel: bool, calib
 
 
 def read_summary(folder: Path) -> dict:
+    """The summary CSV Vela wrote into the backend's intermediate folder (read as the TFLM path reads it); {} when
+    it wrote none."""
+    from workbench.core.errors import RuntimeFailure
+    from workbench.export.vela import read_summary as read_csv
+
     found = sorted(folder.rglob("*_summary_*.csv"))
-    if not found:
+    try:
+        return read_csv(found[0]) if found else {}
+    except RuntimeFailure:  # an empty summary: Vela's numbers are left out, as when it wrote none
         return {}
-    with found[0].open(newline="", encoding="utf-8") as f:
-        row = next(csv.DictReader(f), {})
-    out = {}
-    for k, v in row.items():
-        try:
-            out[k.strip()] = float(v)
-        except (TypeError, ValueError, AttributeError):
-            out[(k or "").strip()] = v
-    return out
 
 
 def vela_numbers(summary: dict, board_clock_mhz: float | None) -> dict:
@@ -145,18 +141,16 @@ def run_tosa(torch, lowering: EthosULowering, x: np.ndarray) -> list[np.ndarray]
             return tuple(as_tensor(torch, o, m) for o, m in zip(outs, metas))
 
     module = lowering.tosa_edge.module()
-    results: list[list[np.ndarray]] = []
-    with torch.no_grad(), captured_output():
-        for i in range(len(x)):
-            with ThroughReferenceModel():
-                ys = module(torch.from_numpy(np.ascontiguousarray(x[i : i + 1], dtype=np.float32)))
-            ys = list(ys) if isinstance(ys, (tuple, list)) else [ys]
-            results = results or [[] for _ in ys]
-            for k, y in enumerate(ys):
-                results[k].append(y.detach().float().numpy())
+
+    def run(t):
+        with ThroughReferenceModel():
+            return module(t)
+
+    with captured_output():
+        outs = outputs_per_sample(torch, run, x)
     if not calls:
         raise RuntimeError("the TOSA partitioner took no op of the graph, so the reference model ran nothing")
-    return [np.concatenate(r) for r in results]
+    return outs
 
 
 def as_tensor(torch, array: np.ndarray, meta):

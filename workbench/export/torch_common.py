@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from workbench.core.errors import ConfigError, UnsupportedError
 from workbench.frontends.handle import ModelHandle
 from workbench.frontends.torch_models import eval_mode, import_torch  # noqa: F401  (re-exported)
@@ -37,3 +39,31 @@ def traceable(handle: ModelHandle):
     eval_mode(model)
     sample = torch.zeros(*handle.inputs[0].shape)
     return torch, model, sample
+
+
+def one_by_one(torch, x: np.ndarray, convert=None):
+    """Each sample of ``x`` as a batch-1 float32 tensor (``convert`` applied): exported graphs are specialised to
+    the sample's batch of 1, so PT2E calibration and reference runs feed them one sample at a time."""
+    for i in range(len(x)):
+        t = torch.from_numpy(np.ascontiguousarray(x[i : i + 1], dtype=np.float32))
+        yield convert(t) if convert is not None else t
+
+
+def calibrate(torch, prepared, calib: np.ndarray, convert=None) -> None:
+    """Run a PT2E-prepared module over the calibration samples, so its observers see them."""
+    with torch.no_grad():
+        for t in one_by_one(torch, calib, convert):
+            prepared(t)
+
+
+def outputs_per_sample(torch, run, x: np.ndarray, convert=None) -> list[np.ndarray]:
+    """``run(tensor)`` on each sample of ``x``; each output's results concatenated along the batch."""
+    results: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for t in one_by_one(torch, x, convert):
+            ys = run(t)
+            ys = list(ys) if isinstance(ys, (tuple, list)) else [ys]
+            results = results or [[] for _ in ys]
+            for k, y in enumerate(ys):
+                results[k].append(y.detach().float().numpy())
+    return [np.concatenate(r) for r in results]

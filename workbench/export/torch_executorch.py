@@ -24,7 +24,7 @@ import numpy as np
 from workbench.core.errors import ConfigError, RuntimeFailure, UnsupportedError, WorkbenchError
 from workbench.core.quiet import captured_output, import_quietly
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.export.torch_common import refuse_torchscript, traceable
+from workbench.export.torch_common import calibrate, refuse_torchscript, traceable
 
 DELEGATE = "executorch_call_delegate"
 
@@ -81,9 +81,7 @@ def quantize(torch, model, sample, calib: np.ndarray, cfg):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(model, xnnpack_quantizer(cfg.per_channel, cfg.calibrator))
-    with torch.no_grad():
-        for i in range(len(calib)):  # the exported graph is specialised to the sample's batch of 1
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 1], dtype=np.float32)))
+    calibrate(torch, prepared, calib)
     return convert_pt2e(prepared)
 
 
@@ -248,6 +246,12 @@ def run_xnnpack(job: ExportJob, board=None) -> dict:
     return recipe
 
 
+def int8_only(cfg, path: str, why: str) -> None:
+    if cfg.scheme != "int8":
+        raise UnsupportedError(f"{path} is int8 only ({why}); --scheme {cfg.scheme} was asked.",
+                               hint="Pass --scheme int8 --calib DATA.")
+
+
 def run_cortex_m(job: ExportJob, board) -> dict:
     """An MCU board with a Cortex-M core: ExecuTorch's Cortex-M backend (CMSIS-NN ops), int8 only; the
     program is checked through the cortex_m ops' reference code on the host (see executorch_cortex_m)."""
@@ -258,9 +262,7 @@ def run_cortex_m(job: ExportJob, board) -> dict:
     if not cpu:
         raise cm.unsupported_target(board, "ExecuTorch's Cortex-M backend needs a Cortex-M core.")
     cfg = job.config
-    if cfg.scheme != "int8":
-        raise UnsupportedError(f"The ExecuTorch Cortex-M path for '{board.name}' is int8 only (its operators are CMSIS-NN's "
-                               f"int8 kernels); --scheme {cfg.scheme} was asked.", hint="Pass --scheme int8 --calib DATA.")
+    int8_only(cfg, f"The ExecuTorch Cortex-M path for '{board.name}'", "its operators are CMSIS-NN's int8 kernels")
     if not cfg.per_channel:
         raise UnsupportedError("The ExecuTorch Cortex-M path quantizes convolution weights per channel (CortexMQuantizer's "
                                "fixed configuration); --per-tensor is not available.", hint="Drop --per-tensor.")
@@ -295,9 +297,7 @@ def run_cortex_m(job: ExportJob, board) -> dict:
             "program_ops": ops, "cortex_m_ops": [o for o in ops if o["op"].startswith("cortex_m::")],
             "runtime_needed": "ExecuTorch runtime built with the cortex_m kernels (CMSIS-NN)",
             "checked_on": cm.RUNTIME_NOTE,
-            "agreement_with_float": {**numbers, "on": "calibration samples", "checked_through": "cortex_m reference ops",
-                                     "bounds": {"min_argmax_agreement": cm.MIN_ARGMAX_AGREEMENT,
-                                                "max_relative_error": cm.MAX_RELATIVE_ERROR}}}
+            "agreement_with_float": cm.agreement_record(numbers, "cortex_m reference ops")}
 
 
 def run_ethos_u(job: ExportJob, board) -> dict:
@@ -311,9 +311,7 @@ def run_ethos_u(job: ExportJob, board) -> dict:
     npu, cfg = board.npu, job.config
     if npu.family != "ethos-u":
         raise cm.unsupported_target(board, f"ExecuTorch's Arm backend compiles for Ethos-U NPUs, not '{npu.family}'.")
-    if cfg.scheme != "int8":
-        raise UnsupportedError(f"The ExecuTorch Ethos-U path for '{board.name}' is int8 only (the NPU runs integer "
-                               f"operators); --scheme {cfg.scheme} was asked.", hint="Pass --scheme int8 --calib DATA.")
+    int8_only(cfg, f"The ExecuTorch Ethos-U path for '{board.name}'", "the NPU runs integer operators")
     import_exir()
     torch, model, sample = traceable(job.handle)
     step = f"quantizing with EthosUQuantizer and lowering for {npu.accelerator} (TOSA, Vela)"
@@ -346,10 +344,7 @@ def run_ethos_u(job: ExportJob, board) -> dict:
             "vela": eu.vela_numbers(lowering.vela_summary, npu.clock_mhz),
             "runtime_needed": "ExecuTorch runtime with the Ethos-U delegate (EthosUBackend) and the Ethos-U NPU driver",
             "checked_on": eu.RUNTIME_NOTE,
-            "agreement_with_float": {**numbers, "on": "calibration samples",
-                                     "checked_through": f"TOSA reference model ({lowering.tosa_spec}), not the NPU",
-                                     "bounds": {"min_argmax_agreement": cm.MIN_ARGMAX_AGREEMENT,
-                                                "max_relative_error": cm.MAX_RELATIVE_ERROR}}}
+            "agreement_with_float": cm.agreement_record(numbers, f"TOSA reference model ({lowering.tosa_spec}), not the NPU")}
 
 
 # Which ExecuTorch backend a --target gets, by the board's kind ('npu' for a board with an NPU).

@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.core.errors import RuntimeFailure, UnsupportedError
 from workbench.export.engine import EXPORTERS, Exporter, ExportJob
-from workbench.export.torch_common import import_litert_torch, traceable
+from workbench.export.torch_common import calibrate, import_litert_torch, traceable
 from workbench.export.torchscript_onnx import precheck_via_onnx, via_onnx
 from workbench.export.torch_tflite_post import POST_SCHEMES, run_float_then_quantize
 from workbench.core.quiet import captured_output
@@ -255,9 +255,7 @@ def quantize_pt2e(torch, litert_torch, model, sample, calib, cfg, nhwc: bool, st
     stages.enter("PT2E calibration")
     with torch.no_grad():
         if cfg.scheme == "int8":
-            xs = np.transpose(calib, (0, 2, 3, 1)) if nhwc else calib
-            for i in range(len(xs)):  # the exported graph is specialised to the sample's batch of 1
-                prepared(torch.from_numpy(np.ascontiguousarray(xs[i : i + 1], dtype=np.float32)))
+            calibrate(torch, prepared, np.transpose(calib, (0, 2, 3, 1)) if nhwc else calib)
         else:
             prepared(sample)
     stages.enter("PT2E convert (folding observers into quantize/dequantize pairs)")

@@ -176,13 +176,14 @@ def compile_for_npu(model_path: str | Path, opts: VelaOptions, *, timeout: float
             raise RuntimeFailure(f"Vela {VELA_VERSION} could not compile '{src}' for {opts.accelerator} "
                                  f"({opts.system_config}, {opts.memory_mode}); exit code {r.returncode}: {tail}",
                                  hint="Vela compiles int8/int16 quantized .tflite models; check the reasons above.")
-        summary = _read_summary(summary_csv)
+        summary = read_summary(summary_csv)
         layers = _read_layers(out / f"{stem}_per-layer.csv")
         return VelaResult(options=opts, summary=summary, per_layer=layers, cpu_ops=tuple(parse_cpu_ops(log)),
                           npu_ops=_count(log, "NPU"), compiled=compiled.read_bytes(), command=tuple(cmd), log=log)
 
 
-def _read_summary(path: Path) -> dict:
+def read_summary(path: Path) -> dict:
+    """Vela's summary CSV: its one row, numbers as floats (keys stripped)."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -190,9 +191,9 @@ def _read_summary(path: Path) -> dict:
     out = {}
     for k, v in rows[0].items():
         try:
-            out[k] = float(v)
+            out[(k or "").strip()] = float(v)
         except (TypeError, ValueError):
-            out[k] = v
+            out[(k or "").strip()] = v
     return out
 
 
