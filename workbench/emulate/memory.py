@@ -69,23 +69,28 @@ def tflm_with_arena(model: Path, target: Target, arena_bytes: int, arena_info) -
                    "runtime_ram_bytes": rt.ram_overhead_bytes})
 
 
+def linux_board(model_bytes: int, target: Target, measured: dict, **breakdown) -> Memory:
+    """A Linux board's storage (the model's bytes) and RAM (the peak resident memory a measuring child process
+    reported, ``measured``) against the board's RAM less what its OS keeps; ``breakdown`` adds the runtime's
+    own facts (measured_with, method, ...)."""
+    rt = target.runtime
+    return Memory(
+        flash_bytes=model_bytes, flash_budget=target.flash_bytes,
+        ram_bytes=int(measured["peak_rss"]), ram_budget=max(0, target.ram_bytes - rt.ram_overhead_bytes), arena_bytes=None,
+        breakdown={"model_bytes": model_bytes, "runtime_storage_bytes": rt.code_bytes,
+                   "process_baseline_rss_bytes": measured["baseline_rss"], "rss_with_model_bytes": measured["rss"],
+                   "peak_rss_bytes": measured["peak_rss"], "os_reserved_bytes": rt.ram_overhead_bytes, **breakdown})
+
+
 @MEASURERS.register("litert")
 def _litert(model: Path, graph: Graph, target: Target, context: dict) -> Memory:
     m = context.get("litert") or measure_litert(model, context.get("threads") or target.threads, context.get("timeout", 120.0))
     if "error" in m:
         raise_load_error(model, m)
-    model_bytes = model.stat().st_size
-    rt = target.runtime
-    budget = max(0, target.ram_bytes - rt.ram_overhead_bytes)
-    return Memory(
-        flash_bytes=model_bytes, flash_budget=target.flash_bytes,
-        ram_bytes=int(m["peak_rss"]), ram_budget=budget, arena_bytes=None,
-        breakdown={"model_bytes": model_bytes, "runtime_storage_bytes": rt.code_bytes,
-                   "process_baseline_rss_bytes": m["baseline_rss"], "rss_with_model_bytes": m["rss"],
-                   "peak_rss_bytes": m["peak_rss"], "os_reserved_bytes": rt.ram_overhead_bytes,
-                   "measured_with": f"{m.get('module')} {m.get('version') or ''}".strip(),
-                   "method": "peak resident memory of a fresh Python process that loads the model in LiteRT "
-                             "and runs one inference, measured on this machine"})
+    return linux_board(model.stat().st_size, target, m,
+                       measured_with=f"{m.get('module')} {m.get('version') or ''}".strip(),
+                       method="peak resident memory of a fresh Python process that loads the model in LiteRT "
+                              "and runs one inference, measured on this machine")
 
 
 def measure_litert(model: Path, threads: int, timeout: float = 120.0) -> dict:

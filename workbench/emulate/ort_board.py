@@ -156,18 +156,12 @@ def _memory(model: Path, graph: Graph, target: Target, context: dict) -> memory.
     if "error" in m:
         raise RuntimeFailure(f"ONNX Runtime could not run '{model}': {(m.get('message') or '').splitlines()[0][:300]}")
     files = model_files(model, graph) if graph.format == "onnx" else [Path(model)]
-    model_bytes = sum(f.stat().st_size for f in files)
-    rt = target.runtime
-    return memory.Memory(
-        flash_bytes=model_bytes, flash_budget=target.flash_bytes,
-        ram_bytes=int(m["peak_rss"]), ram_budget=max(0, target.ram_bytes - rt.ram_overhead_bytes), arena_bytes=None,
-        breakdown={"model_bytes": model_bytes, "runtime_storage_bytes": rt.code_bytes,
-                   "runtime_storage_measured": "the onnxruntime package installed on this machine",
-                   "process_baseline_rss_bytes": m["baseline_rss"], "rss_with_model_bytes": m["rss"],
-                   "peak_rss_bytes": m["peak_rss"], "os_reserved_bytes": rt.ram_overhead_bytes,
-                   "measured_with": f"onnxruntime {m.get('version') or ''}".strip(), "inputs": m.get("inputs"),
-                   "method": "peak resident memory of a fresh Python process that loads the model in ONNX Runtime "
-                             "(CPU execution provider) and runs one inference, measured on this machine"})
+    return memory.linux_board(
+        sum(f.stat().st_size for f in files), target, m,
+        runtime_storage_measured="the onnxruntime package installed on this machine",
+        measured_with=f"onnxruntime {m.get('version') or ''}".strip(), inputs=m.get("inputs"),
+        method="peak resident memory of a fresh Python process that loads the model in ONNX Runtime "
+               "(CPU execution provider) and runs one inference, measured on this machine")
 
 
 @RUNTIME_INFO.register("ort")

@@ -123,21 +123,14 @@ def _memory(model: Path, graph: Graph, target: Target, context: dict) -> memory.
     m = _measured(str(model), context)
     if "error" in m:
         raise RuntimeFailure(f"ExecuTorch could not run '{model}': {(m.get('message') or '').splitlines()[0][:300]}")
-    model_bytes = Path(model).stat().st_size
-    rt = target.runtime
-    return memory.Memory(
-        flash_bytes=model_bytes, flash_budget=target.flash_bytes,
-        ram_bytes=int(m["peak_rss"]), ram_budget=max(0, target.ram_bytes - rt.ram_overhead_bytes), arena_bytes=None,
-        breakdown={"model_bytes": model_bytes, "runtime_storage_bytes": rt.code_bytes,
-                   "runtime_storage_measured": "the executorch and torch packages installed on this machine",
-                   "process_interpreter_rss_bytes": m["interpreter_rss"], "process_baseline_rss_bytes": m["baseline_rss"],
-                   "rss_with_model_bytes": m["rss"], "peak_rss_bytes": m["peak_rss"],
-                   "program_rss_bytes": max(0, int(m["rss"]) - int(m["baseline_rss"])),
-                   "os_reserved_bytes": rt.ram_overhead_bytes,
-                   "measured_with": f"executorch {m.get('version') or ''} (torch {m.get('torch') or '?'})",
-                   "inputs": m.get("inputs"),
-                   "method": "peak resident memory of a fresh Python process that imports ExecuTorch's runtime (and "
-                             "torch with it), loads the program and runs one inference, measured on this machine"})
+    return memory.linux_board(
+        Path(model).stat().st_size, target, m,
+        runtime_storage_measured="the executorch and torch packages installed on this machine",
+        process_interpreter_rss_bytes=m["interpreter_rss"],
+        program_rss_bytes=max(0, int(m["rss"]) - int(m["baseline_rss"])),
+        measured_with=f"executorch {m.get('version') or ''} (torch {m.get('torch') or '?'})", inputs=m.get("inputs"),
+        method="peak resident memory of a fresh Python process that imports ExecuTorch's runtime (and "
+               "torch with it), loads the program and runs one inference, measured on this machine")
 
 
 @RUNTIME_INFO.register("executorch")
