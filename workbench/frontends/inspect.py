@@ -96,6 +96,11 @@ def _graph_rows(handle: ModelHandle) -> LayerTable:
         if given is not None or unknown_dims(g):
             g, run = run_shapes(handle.path, g, given)
             facts["shapes_from_run"] = run
+    return LayerTable(_op_rows(g), g.parameters, facts=facts or None)
+
+
+def _op_rows(g) -> list[dict]:
+    """One row per op of a Graph: its output's shape and dtype, the constants it reads, its MACs."""
     rows = []
     for op in g.ops:
         out = g.tensor(op.outputs[0]) if op.outputs else None
@@ -105,7 +110,7 @@ def _graph_rows(handle: ModelHandle) -> LayerTable:
             "shape": list(out.shape) if out is not None and out.shape is not None else None,
             "dtype": out.dtype if out is not None else g.op_dtype(op), "params": params, "macs": g.macs_known(op),
         })
-    return LayerTable(rows, g.parameters, facts=facts or None)
+    return rows
 
 
 LAYER_TABLES.add("tflite", _graph_rows)
@@ -132,16 +137,8 @@ def _pte_rows(handle: ModelHandle) -> LayerTable:
     except ModelFormatError as exc:
         return LayerTable([], None, f"the program's layers could not be read ({exc}); inspect the PyTorch model it "
                                     "came from", facts=facts)
-    rows = []
-    for op in g.ops:
-        out = g.tensor(op.outputs[0]) if op.outputs else None
-        params = sum((g.tensors[i].elements or 0) for i in op.inputs if i >= 0 and g.tensors[i].const)
-        rows.append({"name": op.name, "op": op.kind, "version": op.version,
-                     "shape": list(out.shape) if out is not None and out.shape is not None else None,
-                     "dtype": out.dtype if out is not None else g.op_dtype(op), "params": params,
-                     "macs": g.macs_known(op)})
     facts["layers_from"] = "the XNNPACK delegates' graphs, each node as the TFLite op XNNPACK runs for it"
-    return LayerTable(rows, g.parameters, facts=facts)
+    return LayerTable(_op_rows(g), g.parameters, facts=facts)
 
 
 @LAYER_TABLES.register("tf1")
