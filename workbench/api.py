@@ -66,6 +66,8 @@ def export_tflm(model, out: str | Path, **kw):
     verify, tflm_dir = kw.pop("verify", False), kw.pop("tflm_dir", None)
     if verify and kw.get("target") is None:
         raise ConfigError("--verify builds the project for a target: give --target NAME (workbench targets list).")
+    if kw.pop("tune", False):
+        kw["tune"] = tuner(kw.get("target"))
     if kw.get("target") is not None:
         from workbench.emulate import load_target
 
@@ -78,6 +80,25 @@ def export_tflm(model, out: str | Path, **kw):
     if verify:
         kw["verify"] = verifier(kw["target"], tflm_dir, kw.get("layout", "plain"), kw.get("lang", "cpp"))
     return _export_tflm(model, out, **kw)
+
+
+def tuner(target):
+    """The ``tune`` function the export stage takes: each convolution with two equivalent forms kept in the one
+    that runs faster on ``target``'s firmware (see workbench.emulate.tune)."""
+    from workbench.core.errors import ConfigError
+
+    if target is None:
+        raise ConfigError("--tune measures op forms on a target's firmware: give --target NAME (workbench targets list).")
+    from workbench.emulate.tune import check_tunable
+
+    check_tunable(target)
+
+    def tune(path):
+        from workbench.emulate.tune import tune_conv_forms
+
+        return tune_conv_forms(path, target)
+
+    return tune
 
 
 def strip(model: str | Path, out: str | Path, *, level: str = "portable", overwrite: bool = False, verify: bool = True):

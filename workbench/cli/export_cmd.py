@@ -56,6 +56,10 @@ def tflm_options(f):
     f = click.option("--verify", is_flag=True,
                      help="tflm: build the written project for --target with real TFLite Micro + CMSIS-NN, run one inference "
                           "on QEMU and check it matches the host interpreter and fits (exit 1 when not).")(f)
+    f = click.option("--tune", is_flag=True,
+                     help="tflm, tflite: with --target (a Cortex-M board), run each convolution that has two equivalent "
+                          "forms (a one-channel-input CONV_2D is also a DEPTHWISE_CONV_2D) in both on the board's TFLite "
+                          "Micro + CMSIS-NN firmware and keep the faster; the result is checked bit-identical.")(f)
     f = click.option("--force", is_flag=True, help="tflm: write the sources even when the model does not fit --target.")(f)
     f = click.option("--section", help="tflm: linker section for the model array (e.g. .rodata.model).")(f)
     f = click.option("--labels", type=click.Path(), help="tflm: a text file of class labels, one per line.")(f)
@@ -76,9 +80,17 @@ OWN_WARNING = "/workbench/"  # show our own warnings; third-party ones stay in -
 def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="auto", eval_output=None):
     from workbench import api
 
+    tune = tflm.pop("tune", False)
+    if tune and fmt not in TUNABLE_FORMATS:
+        from workbench.core.errors import ConfigError
+
+        raise ConfigError(f"--tune chooses op forms of a TFLite model; --format {fmt} writes none.",
+                          hint="Use --format tflite or tflm with --target, or drop --tune.")
+    tuner = api.tuner(tflm.get("target")) if tune else None  # refused before any work when it cannot run
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if fmt == "tflm":
+            tflm["tune"] = tuner
             art = api.export_tflm(model, out, scheme=scheme, load_options=lo, overwrite=overwrite, **qopts, **tflm)
         else:
             handle = api.load(model, lo)
@@ -101,6 +113,11 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
                 targeted = {"target": tflm["target"]} if tflm.get("target") and fmt in TARGETED_FORMATS else {}
                 art = api.convert(handle, fmt, tmp, scheme=scheme, overwrite=True, write_manifest=False, **targeted,
                                   **{k: v for k, v in qopts.items() if k not in ("eval_data", "eval_samples")})
+                if tuner is not None:
+                    tuned = tuner(art.path)
+                    if tuned.changed:
+                        art.path.write_bytes(tuned.data)
+                    art = art.with_metrics(tune=tuned.to_dict())
                 if eval_data is not None:
                     art = art.with_metrics(**api.evaluate(handle, art.path, eval_data, metric=metric, output=eval_output).to_dict())
                 art.write_manifest()
@@ -114,7 +131,7 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
         click.echo(f"Warning: {n}", err=True)
     a = manifest["artifact"]
     src = manifest["source"]
-    click.echo(f"wrote {art.path} ({fmt}, {scheme}): {human_bytes(a['bytes'])}"
+    click.echo(f"wrote {art.path} ({fmt}{', ' + scheme if scheme else ''}): {human_bytes(a['bytes'])}"
                + (f", {a['bytes'] / src['bytes']:.0%} of the source" if src and src.get("bytes") else ""))
     m = manifest["metrics"]
     for w in m.get("warnings", ()):
@@ -146,6 +163,19 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
         click.echo(f"stripped ({s['level']}): {s['bytes_before']:,} -> {s['bytes_after']:,} B model bytes "
                    f"({s['model_to_constant_ratio']:.2f}x its {s['constant_bytes']:,} B of constant data), bit-identical in "
                    + " and ".join({"litert": "LiteRT", "tflm": "TFLite Micro"}[r] for r in s["verify"]["runtimes"]))
+    tu = m.get("tune")
+    if tu:
+        for o in tu["ops"]:
+            g, x = o["given"], o["other"]
+            click.echo(f"tuned op {o['op']} ({o['filters']} filters, 1 input channel) on {tu['target']}: {o['form']} "
+                       f"{g['instructions']:,} / OTHER {x['instructions']:,} instructions -> kept {o['kept']}"
+                       .replace("OTHER", o["other_form"]))
+        if not tu["ops"]:
+            click.echo("tune: no op has two forms; the model is unchanged")
+        elif tu["changed"]:
+            click.echo(f"tuned on {tu['target']}: {tu['given']['instructions']:,} -> {tu['tuned']['instructions']:,} "
+                       f"instructions per inference, bit-identical in "
+                       + " and ".join({"litert": "LiteRT", "tflm": "TFLite Micro"}[r] for r in tu["check"]["runtimes"]))
     v = m.get("verify")
     if v:
         click.echo(f"verified on QEMU {v['machine']} for {v['target']}: builds with real TFLite Micro, output matches the "
@@ -156,7 +186,8 @@ def _run(model, fmt, out, scheme, lo, qopts, tflm, overwrite, as_json, metric="a
 
 QUANT_KEYS = ("calib", "io_dtype", "per_channel", "calibrator", "calib_samples", "seed", "eval_data", "eval_samples", "keep_float",
               "int16_layers")
-TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force", "verify", "tflm_dir", "compress_bits")
+TFLM_KEYS = ("target", "name", "layout", "lang", "labels", "section", "force", "verify", "tflm_dir", "compress_bits", "tune")
+TUNABLE_FORMATS = ("tflm", "tflite")
 
 
 def strip_level(strip: bool, tflm_only: bool) -> str:

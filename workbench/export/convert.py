@@ -65,7 +65,8 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
                 lang: str = "cpp", labels=None, section: str | None = None, force: bool = False,
                 assess: Callable[[Path], dict] | None = None, verify: Callable[[Path, object], dict] | None = None,
                 strip: str = "portable", compress_bits: int | None = None,
-                npu: Callable[[Path], tuple[bytes, dict]] | None = None, **quant):
+                npu: Callable[[Path], tuple[bytes, dict]] | None = None, tune: Callable[[Path], object] | None = None,
+                **quant):
     """TFLite Micro sources from a .tflite, or from a framework model through PTQ first (int8 by default).
     ``assess`` checks the fit on ``target`` (see :func:`~workbench.export.tflm_sources.write_tflm_project`);
     ``verify(tflite_path, artifact)`` checks the written project (it builds and runs it) and its
@@ -73,7 +74,9 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
     (see :data:`~workbench.export.tflm_facts.STRIP_LEVELS`); the sources hold the stripped model.
     ``compress_bits``: LUT-compress the weights (see :mod:`workbench.export.compress`) first.
     ``npu(tflite) -> (compiled bytes, facts)``: an NPU board's compiler (Vela for Ethos-U); the sources
-    then hold the compiled model, whose ``ethos-u`` operator the resolver registers with ``AddEthosU()``."""
+    then hold the compiled model, whose ``ethos-u`` operator the resolver registers with ``AddEthosU()``.
+    ``tune(tflite) -> result``: chooses equivalent op forms by measuring them on the target (see
+    :mod:`workbench.emulate.tune`); the sources hold ``result.data`` and the manifest ``result.to_dict()``."""
     import tempfile
 
     from workbench.core.files import check_input_file, check_output
@@ -90,6 +93,13 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             src = Path(tmp) / (Path(handle.path).stem + ".tflite")
             quant = {k: v for k, v in quant.items() if k not in ("eval_data", "eval_samples")}
             convert_model(handle, "tflite", src, scheme=scheme or "int8", write_manifest=False, **quant)
+        tuned = None
+        if tune is not None:
+            tuned = tune(Path(src))
+            if tuned.changed:
+                (Path(tmp) / "tuned").mkdir()
+                src = Path(tmp) / "tuned" / Path(src).name  # the same name, so the same C identifiers
+                src.write_bytes(tuned.data)
         npu_facts = None
         if npu is not None:
             compiled, npu_facts = npu(Path(src))
@@ -108,6 +118,8 @@ def export_tflm(model, out: str | Path, *, scheme: str | None = None, load_optio
             from dataclasses import replace  # compiled or converted .tflite in the temporary folder (gone after this)
 
             art = replace(art, source=Path(handle.path))
+        if tuned is not None:
+            art = _record(art, "tune", tuned.to_dict())
         if verify is not None:
             deployed = Path(src)
             if strip != "none" or compress_bits:  # the firmware is built from the bytes the sources hold
