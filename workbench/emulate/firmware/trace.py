@@ -241,6 +241,8 @@ def run_trace(qemu: str, qemu_machine: str, elf: str | os.PathLike, input_bytes:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
         report = (Path(d) / "report.txt").read_text(errors="replace") if (Path(d) / "report.txt").exists() else ""
     if rc != 0 or (harness and "status ok" not in report):
         raise ToolFailure(f"The traced run of {Path(elf).name} on QEMU {qemu_machine} did not finish "
