@@ -151,22 +151,35 @@ def bench_sweep(args, tmp: Path) -> list[dict]:
     return results
 
 
-def firmware_instructions(model: Path, load_opts, train: str, tmp: Path, target: str) -> int | None:
-    """Instructions per inference of the model's int8 .tflite in TFLite Micro firmware on QEMU (`emulate`)."""
-    from workbench.api import emulate
+def firmware_instructions(model: Path, load_opts, train: str, tmp: Path, target: str) -> dict:
+    """Instructions per inference of the model's int8 .tflite in TFLite Micro firmware on QEMU, as converted
+    ("plain") and with each convolution in the form measured faster on the target ("tuned", `export --tune`)."""
     from workbench.data import open_data
+    from workbench.emulate.tune import tune_conv_forms
     from workbench.frontends import load
     from workbench.optimize.measure import int8_tflite
 
     out = tmp / f"fw_{model.stem}.tflite"
     int8_tflite(load(model, load_opts), open_data(train, split="train"), out)
     try:
-        rep = emulate(out, target)
-        rep = rep.to_dict() if hasattr(rep, "to_dict") else rep
-        return (rep.get("firmware") or {}).get("instructions")
+        res = tune_conv_forms(out, target)
+        if not res.ops:  # nothing to tune: one firmware run gives the plain count
+            from workbench.api import emulate
+
+            n = (emulate(out, target, firmware=True).to_dict().get("firmware") or {}).get("instructions")
+            return {"plain": n, "tuned": n, "forms": []}
+        return {"plain": res.given["instructions"], "tuned": res.tuned["instructions"],
+                "forms": [f"{o['form']}->{o['kept']}" for o in res.ops]}
     except Exception as exc:  # a toolchain failure is reported as such, not as a number
         log(f"  firmware emulation of {out.name} failed: {exc}")
-        return None
+        return {"plain": None, "tuned": None, "failure": str(exc)}
+
+
+def _instr(fw: dict | None, kind: str) -> str:
+    b, a = ((fw or {}).get(k) or {} for k in ("before", "after"))
+    if b.get(kind) is None or a.get(kind) is None:
+        return "-"
+    return f"{b[kind]:,} -> {a[kind]:,} ({b[kind] / a[kind]:.2f}x)"
 
 
 def sweep_table(results: list[dict]) -> str:
@@ -181,10 +194,10 @@ def sweep_table(results: list[dict]) -> str:
                      pct(bi.get("accuracy")), pct(ai.get("accuracy")), "-" if drop is None else f"{drop:+.2f}",
                      f"{d['training']['epochs']} x {d['data']['train_samples']}", es.get("best_epoch", "-"),
                      " ".join(pct(h.get("val_accuracy")) for h in d["training"]["history"]),
-                     "{} -> {}".format(*[(d.get("firmware") or {}).get(k, "-") for k in ("before", "after")])])
+                     _instr(d.get("firmware"), "plain"), _instr(d.get("firmware"), "tuned")])
     return table(rows, ["model", "channels removed", "int8 .tflite B", "float %", "int8 %", "pruned int8 %",
                         "drop (points)", "epochs x samples", "kept epoch", "float accuracy per epoch %",
-                        "Cortex-M4 instructions"])
+                        "firmware instructions", "with tuned conv forms (export --tune)"])
 
 
 def qat_table(results: list[dict]) -> str:
