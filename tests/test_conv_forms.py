@@ -139,7 +139,8 @@ def test_targets_without_a_cortex_m_firmware_are_refused(digits_tflite_int8, tar
 
 def test_cli_refuses_tune_before_any_work(tmp_path, digits_tflite_int8):
     for args, msg in ((["--format", "tflm"], "give --target"), (["--format", "onnx", "--target", "stm32l4r5"], "--format onnx"),
-                      (["--format", "tflm", "--target", "raspberry-pi-4"], "linux target")):
+                      (["--format", "tflm", "--target", "raspberry-pi-4"], "linux target"),
+                      (["--format", "tflm", "--target", "esp32-s3"], "no machine")):
         r = CliRunner().invoke(main, ["export", str(digits_tflite_int8), "--tune", "-o", str(tmp_path / "out"), *args])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output
         assert not (tmp_path / "out").exists()
@@ -162,3 +163,13 @@ def test_tuned_tflm_project_on_the_real_firmware(tmp_path, digits_tflite_int8):
     assert m["verify"]["instructions"] == pytest.approx(m["tune"]["tuned"]["instructions"], rel=0.01)
     resolver = (out / f"{digits_tflite_int8.stem}_op_resolver.h").read_text()
     assert "AddDepthwiseConv2D" in resolver and "AddConv2D" in resolver  # conv2 has 8 input channels: one form
+
+
+def test_a_missing_toolchain_is_exit_3_before_any_work(tmp_path, digits_tflite_int8, monkeypatch):
+    import workbench.emulate.firmware as fw
+
+    monkeypatch.setattr(fw, "firmware_support", lambda *a, **k: "the program 'arm-none-eabi-gcc' was not found on PATH")
+    r = CliRunner().invoke(main, ["export", str(digits_tflite_int8), "--format", "tflm", "--target", "stm32l4r5", "--tune",
+                                  "-o", str(tmp_path / "out")])
+    assert r.exit_code == 3 and "arm-none-eabi-gcc" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()

@@ -43,9 +43,12 @@ def _firmware_facts(report: dict, where: str) -> tuple[dict, dict]:
     fw = report.get("firmware")
     failure = report.get("tool_failure")
     if failure or not fw or fw.get("instructions") is None:
-        why = (failure or {}).get("message") or "the report has no firmware measurement"
-        raise ToolFailure(f"Choosing convolution forms needs the model run on the target's firmware; for {where} it "
-                          f"did not run: {why}", hint="Check `workbench firmware setup`, or export without --tune.")
+        why = (failure or {}).get("message") or next(iter(report.get("notes") or ()), "the report has no firmware run")
+        err = ToolFailure(f"Choosing convolution forms needs the model run on the target's firmware; for {where} it "
+                          f"did not run: {why}", hint=(failure or {}).get("hint") or "Export without --tune.")
+        if failure and failure.get("exit_code"):
+            err.exit_code = failure["exit_code"]  # 3 for a missing tool, as emulate says it
+        raise err
     timing = fw.get("timing") or {}
     per_op = {o["index"]: dict(o) for o in fw.get("per_op") or [] if o.get("depth", 0) == 0}
     for o in timing.get("per_op") or []:
@@ -69,6 +72,18 @@ def check_tunable(target) -> None:
         raise ConfigError(f"Convolution forms are chosen on a Cortex-M board's firmware; target '{target}' is "
                           f"{'an NPU board' if tgt.npu is not None else 'a ' + tgt.kind + ' target'}.",
                           hint="Give an MCU target without an NPU (workbench targets list), or drop --tune.")
+    from workbench.emulate.firmware import firmware_support, machine_problem
+
+    if machine_problem(tgt.core):  # e.g. an Xtensa core: no emulated machine runs its firmware
+        raise ConfigError(f"--tune runs the model on the firmware of '{target}': {machine_problem(tgt.core)}.",
+                          hint="Give a Cortex-M target (workbench targets list), or drop --tune.")
+    why_not = firmware_support(tgt)
+    if why_not:
+        err = ToolFailure(f"--tune runs the model on the firmware of '{target}', which cannot be built here: {why_not}.",
+                          hint="`workbench firmware setup` and the README's install line give the toolchain, QEMU and "
+                               "TFLite Micro; or drop --tune.")
+        err.exit_code = 3  # a missing tool, as emulate reports it
+        raise err
 
 
 def tune_conv_forms(model: str | Path, target: str, *, emulate=None) -> TuneResult:
