@@ -334,7 +334,7 @@ def heldout(args) -> dict:
             for r in fit_rows:
                 t = traces[(b["core"], r["model"])].timing
                 cycles = r["ms"] * 1e-3 * b["clock_mhz"] * 1e6
-                fs.append((cycles - t["cycles_core"]) / (w * (t["taken_branches"] + t["loads"])))
+                fs.append((cycles - t["cycles_core"]) / (w * (t["taken_branches"] + t["flash_reads"])))
             f = round(sum(fs) / len(fs), 3)
             print(f"board {name}: stall_fraction from its `use: fit` rows ({', '.join(r['model'] for r in fit_rows)}) "
                   f"= {f} (published_rows.yaml says {b['memory']['stall_fraction']})")

@@ -5,11 +5,12 @@
 #   gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib
 #                                  TFLite Micro firmware for Cortex-M, and the generated sources compiled for it
 #   qemu-system-arm                runs that firmware on emulated Cortex-M machines
+#   gcc                            builds the QEMU plugin that counts the firmware's flash reads
 #   g++, make                      the generated sources compiled for the host
 #   chromium                       the HTML report rendered in a real headless browser
 #   openssh-server, openssh-client remote profiling tested against a real sshd on 127.0.0.1
 set -u
-PACKAGES="dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm g++ make chromium openssh-server openssh-client"
+PACKAGES="dataset-fashion-mnist gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm gcc g++ make chromium openssh-server openssh-client"
 
 missing=""
 for p in $PACKAGES; do

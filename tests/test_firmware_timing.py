@@ -369,3 +369,86 @@ def test_m55_digits_firmware_gets_cycles_from_the_m55_table(digits_tflite_int8, 
     assert 0 < rep.latency_lower_ms <= rep.latency_ms
     assert rep.latency_ms == pytest.approx(t["cycles_board"] / (rep.clock_mhz * 1e3), rel=1e-3)
     assert t["validation"].startswith("no published row checked") and rep.cpi_latency_ms is None
+
+
+_FLASH_LOOP = """
+    .syntax unified
+    .cpu cortex-m4
+    .thumb
+    .section .vectors, "a"
+    .word 0x20010000
+    .word reset + 1
+    .text
+    .thumb_func
+reset:
+    bl main
+    .thumb_func
+    .global main
+main:
+    ldr r0, =table
+    ldr r1, =0x20000100
+    movs r2, #100
+    bl kernel
+    movs r0, #0x18
+    ldr r1, =0x20026
+    bkpt 0xab
+    b .
+    .ltorg
+    .size main, .-main
+    .thumb_func
+    .global kernel
+kernel:
+    movs r5, #0
+1:
+    ldr r3, [r0], #4
+    ldr r4, [r1], #4
+    str r5, [r1, #-4]
+    smlad r5, r3, r4, r5
+    subs r2, r2, #1
+    bne 1b
+    bx lr
+    .p2align 2
+table:
+    .fill 100, 4, 0x01010101
+"""
+
+
+def test_plugin_counts_flash_reads_apart_from_sram_reads(tmp_path):
+    """A loop that reads 100 words of a table in the code memory (flash) and 100 words of RAM, and stores to
+    RAM: the plugin gives the first load 100 flash reads, the second 100 other reads, the store none, and
+    the kernel's window 100 flash reads per invocation."""
+    from workbench.emulate.firmware import reads as rd
+    from workbench.emulate.firmware.machines import MACHINES
+
+    _tools()
+    so = rd.plugin()
+    if so is None:
+        pytest.skip("no host C compiler (cc) to build the QEMU plugin")
+    (tmp_path / "loop.S").write_text(_FLASH_LOOP)
+    elf = tmp_path / "loop.elf"
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-nostdlib", "-nostartfiles",
+                    "-Wl,-Ttext=0x40", "-Wl,--section-start=.vectors=0", "-Wl,-e,0x40", "-o", str(elf),
+                    str(tmp_path / "loop.S")], check=True, capture_output=True)
+    insns, syms = tr.disassemble(elf), tr.symbols(elf)
+    m = MACHINES["Cortex-M4F"]
+    t = tr.run_trace("qemu-system-arm", "mps2-an386", elf, b"", insns, syms, timeout=60,
+                     markers=tr.Markers(invoke="kernel", main="main", begin=None, end=None), harness=False,
+                     reads_plugin=(so, m.code.base, m.code.size))
+    kernel = syms["kernel"][0]
+    loads = sorted(a for a, i in insns.items() if i.mnemonic.startswith("ldr") and a > kernel)[:2]
+    store = next(a for a, i in insns.items() if i.mnemonic.startswith("str") and a > kernel)
+    assert t.reads[loads[0]] == (100, 100, 0) and t.reads[loads[1]] == (100, 0, 100)
+    assert t.reads[store][1:] == (0, 0)
+    flash = rd.flash_reads_per_tb(t.tbs, t.reads)
+    costs = {tb: tm.cost_tb([insns[a] for a in addrs], M4) for tb, addrs in t.tbs.items()}
+    c = tm.window_cycles(t.runs[tr.INTERPRETER], t.fallthrough[tr.INTERPRETER], costs, M4, t.invocations, flash)
+    assert c.flash_reads == pytest.approx(100) and c.loads == 200
+
+
+def test_no_host_compiler_keeps_the_measured_run_with_the_cpi_latency(digits_tflite_int8, tflm_tree, monkeypatch):
+    from workbench.emulate.firmware import reads, run_firmware
+
+    monkeypatch.setattr(reads, "host_compiler", lambda: None)
+    rep = run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=tflm_tree, jobs=2)
+    assert rep.timing is None and rep.latency_method.startswith("fitted CPI")
+    assert any("host C compiler" in n for n in rep.notes)

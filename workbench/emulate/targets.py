@@ -96,8 +96,8 @@ class MemorySpec:
 
     ``flash_wait_states``: wait states of the code flash at the profile's clock (datasheet /
     reference manual); ``accelerator``: what hides them (prefetch, flash cache, ART, I-cache);
-    ``stall_fraction``: the share of flash fetches (after a taken branch, per load of constant
-    data) that still pay the wait states -- a board constant set from published rows marked
+    ``stall_fraction``: the share of flash fetches (after a taken branch, per data read of the code memory:
+    weights, constants) that still pay the wait states -- a board constant set from published rows marked
     ``use: fit`` (``calibration`` says which); ``source``: where the wait states come from."""
 
     flash_wait_states: int

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 
+from workbench.core.errors import ToolFailure
+from workbench.emulate.firmware import reads as rd
 from workbench.emulate.firmware import timing as tm
 from workbench.emulate.firmware import trace as tr
 
 ROWS_FILE = "published_rows.yaml"  # beside this module
 
-ROUTE = ("QEMU TB log (-d in_asm,exec,nochain), joined by address with arm-none-eabi-objdump -d of the ELF; "
+ROUTE = ("QEMU TB log (-d in_asm,exec,nochain), joined by address with arm-none-eabi-objdump -d of the ELF; flash "
+         "reads per instruction from a QEMU TCG plugin in the same run (workbench/emulate/firmware/reads.py); "
          "classes and cycles: workbench/emulate/firmware/timing_tables.py")
 
 
@@ -30,14 +33,20 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
     t0 = time.perf_counter()
     insns = tr.disassemble(elf, arch=getattr(machine, "disasm_arch", ""))
     syms = tr.symbols(elf)
-    trace = tr.run_trace(qemu, machine.qemu_machine, elf, one_sample, insns, syms, timeout=timeout)
+    so = rd.plugin()
+    if so is None:
+        raise ToolFailure("The core timing model counts flash reads with a QEMU plugin, and no host C compiler (cc) "
+                          "is installed to build it.", hint="Install one: sudo apt-get install gcc")
+    trace = tr.run_trace(qemu, machine.qemu_machine, elf, one_sample, insns, syms, timeout=timeout,
+                         reads_plugin=(so, machine.code.base, machine.code.size))
+    flash = rd.flash_reads_per_tb(trace.tbs, trace.reads or {})
     trace_seconds = time.perf_counter() - t0
     diff = tr.check_total(trace, *timer_instructions) if timer_instructions else None
     missing = _Missing()
     costs = {tb: tm.cost_tb([insns.get(a) or missing.at(a) for a in addrs], core) for tb, addrs in trace.tbs.items()}
     memory = getattr(target, "memory", None)
     clock_hz = float(target.clock_mhz) * 1e6
-    per_win = {w: tm.window_cycles(runs, trace.fallthrough[w], costs, core, trace.invocations)
+    per_win = {w: tm.window_cycles(runs, trace.fallthrough[w], costs, core, trace.invocations, flash)
                for w, runs in trace.runs.items()}
     total = tm.Cycles()
     for c in per_win.values():
@@ -47,6 +56,7 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
         c = _inclusive(w, per_win, trace.parent)
         ops.append({"index": w, "op": (op_names or {}).get(w, "?"), "depth": trace.depth.get(w, 0),
                     "instructions": round(c.instructions), "taken_branches": round(c.taken), "loads": round(c.loads),
+                    "flash_reads": round(c.flash_reads),
                     "histogram": {k: round(v) for k, v in c.classes.items()}, "cycles_lower": round(c.lower),
                     "cycles_board": round(tm.board_cycles(c, memory))})
     board = tm.board_cycles(total, memory)
@@ -61,6 +71,7 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
         "histogram": {k: round(v) for k, v in sorted(total.classes.items(), key=lambda kv: -kv[1])},
         "taken_branches": round(total.taken),
         "loads": round(total.loads),
+        "flash_reads": round(total.flash_reads),
         "cycles_lower": round(total.lower),
         "cycles_core": round(total.core_typical),
         "cycles_board": round(board),
@@ -98,7 +109,8 @@ def on_board(timing: dict, memory, clock_mhz: float) -> dict:
     """The same trace on another board of the same core: lower bound and board estimate in ms at
     ``clock_mhz`` with ``memory`` (a MemorySpec-like object, or None for zero wait states)."""
     c = tm.Cycles(instructions=timing["instructions"], lower=timing["cycles_lower"],
-                  core_typical=timing["cycles_core"], taken=timing["taken_branches"], loads=timing["loads"])
+                  core_typical=timing["cycles_core"], taken=timing["taken_branches"], loads=timing["loads"],
+                  flash_reads=timing["flash_reads"])
     board = tm.board_cycles(c, memory)
     hz = clock_mhz * 1e6
     return {"cycles_lower": round(c.lower), "cycles_board": round(board),
@@ -122,6 +134,7 @@ def _add(a: tm.Cycles, b: tm.Cycles) -> None:
     a.core_typical += b.core_typical
     a.taken += b.taken
     a.loads += b.loads
+    a.flash_reads += b.flash_reads
     a.classes.update(b.classes)
 
 

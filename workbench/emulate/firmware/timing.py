@@ -205,14 +205,18 @@ class Cycles:
     taken: float = 0.0  # taken branches
     loads: float = 0.0
     classes: Counter = None
+    flash_reads: float = 0.0  # data reads in the code memory (the board's flash), from the QEMU plugin
 
     def __post_init__(self):
         if self.classes is None:
             self.classes = Counter()
 
 
-def window_cycles(runs: Counter, fallthrough: Counter, tb_costs: dict, core: CoreTiming, invocations: int) -> Cycles:
+def window_cycles(runs: Counter, fallthrough: Counter, tb_costs: dict, core: CoreTiming, invocations: int,
+                  flash_per_tb: dict | None = None) -> Cycles:
+    """``flash_per_tb``: flash reads per execution of each TB (:func:`~workbench.emulate.firmware.reads.flash_reads_per_tb`)."""
     out = Cycles()
+    flash_per_tb = flash_per_tb or {}
     for tb, n in runs.items():
         c = tb_costs[tb]
         taken = (n - fallthrough.get(tb, 0)) if c.branch_end else 0
@@ -223,6 +227,7 @@ def window_cycles(runs: Counter, fallthrough: Counter, tb_costs: dict, core: Cor
         out.core_typical += n * c.lower + refills * core.refill_typ - wrapped
         out.taken += taken
         out.loads += n * c.loads
+        out.flash_reads += n * flash_per_tb.get(tb, 0.0)
         for cls, k in c.classes:
             out.classes[cls] += n * k
     inv = max(1, invocations)
@@ -231,6 +236,7 @@ def window_cycles(runs: Counter, fallthrough: Counter, tb_costs: dict, core: Cor
     out.core_typical /= inv
     out.taken /= inv
     out.loads /= inv
+    out.flash_reads /= inv
     out.classes = Counter({k: v / inv for k, v in out.classes.items()})
     return out
 
@@ -238,15 +244,16 @@ def window_cycles(runs: Counter, fallthrough: Counter, tb_costs: dict, core: Cor
 def board_cycles(c: Cycles, memory) -> float:
     """The board estimate: the core at its typical refill + flash stalls.
 
-    A taken branch fetches from a new flash line; a load may read weights or constants from
-    flash. The trace sees no data addresses, so every single load counts and the fraction
-    also absorbs the share of loads that hit SRAM. With ``memory.flash_wait_states`` W and the fraction ``memory.stall_fraction``
-    of those fetches the accelerator or cache does not hide, each costs W more cycles. The
-    fraction is a board constant set from the rows marked ``use: fit`` in published_rows.yaml.
+    A taken branch fetches from a new flash line; a data read of the code memory (the model's weights
+    and constants: ``flash_reads``, counted per instruction by the QEMU plugin of
+    :mod:`~workbench.emulate.firmware.reads`) waits for the flash. With ``memory.flash_wait_states`` W
+    and the fraction ``memory.stall_fraction`` of those fetches the board's accelerator or cache does not
+    hide, each costs W more cycles. The fraction is a board constant set from the rows marked
+    ``use: fit`` in published_rows.yaml; reads of SRAM (the arena, the stack) never wait.
     """
     if memory is None:
         return c.core_typical
-    return c.core_typical + memory.flash_wait_states * memory.stall_fraction * (c.taken + c.loads)
+    return c.core_typical + memory.flash_wait_states * memory.stall_fraction * (c.taken + c.flash_reads)
 
 
 def core_timing(core: str) -> CoreTiming | None:

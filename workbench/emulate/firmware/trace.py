@@ -103,6 +103,7 @@ class Trace:
     lines: int = 0
     depth: dict = field(default_factory=dict)  # op window -> nesting depth
     parent: dict = field(default_factory=dict)  # op window -> enclosing op window (nested events)
+    reads: dict | None = None  # instruction address -> (runs, flash reads, other reads), from the plugin (reads.py)
 
     def instructions(self, window=None) -> int:
         wins = self.runs if window is None else {window: self.runs.get(window, Counter())}
@@ -221,14 +222,22 @@ def parse_log(lines, syms: dict[str, tuple[int, int]], markers: Markers = HARNES
 
 
 def run_trace(qemu: str, qemu_machine: str, elf: str | os.PathLike, input_bytes: bytes, insns: dict[int, Insn],
-              syms: dict, *, timeout: float = 900.0, markers: Markers = HARNESS, harness: bool = True) -> Trace:
+              syms: dict, *, timeout: float = 900.0, markers: Markers = HARNESS, harness: bool = True,
+              reads_plugin: tuple | None = None) -> Trace:
     """Run ``elf`` on ``input_bytes`` with the TB log and parse it as it streams (``harness``: the
-    firmware writes report.txt through semihosting and must say ``status ok``)."""
+    firmware writes report.txt through semihosting and must say ``status ok``). ``reads_plugin``:
+    (plugin path, code base, code size): the same run also counts each instruction's flash reads
+    (:mod:`~workbench.emulate.firmware.reads`) into ``Trace.reads``."""
     import tempfile
+
+    from workbench.emulate.firmware import reads as rd
 
     with tempfile.TemporaryDirectory(prefix="wb-fw-trace-") as d:
         (Path(d) / "input.bin").write_bytes(input_bytes)
-        proc = subprocess.Popen(trace_command(qemu, qemu_machine, elf), cwd=d, stdout=subprocess.PIPE,
+        cmd = trace_command(qemu, qemu_machine, elf)
+        if reads_plugin is not None:
+            cmd += rd.plugin_args(*reads_plugin, Path(d) / rd.COUNTS)
+        proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, bufsize=1 << 20)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -244,6 +253,8 @@ def run_trace(qemu: str, qemu_machine: str, elf: str | os.PathLike, input_bytes:
             proc.stdout.close()
             proc.stderr.close()
         report = (Path(d) / "report.txt").read_text(errors="replace") if (Path(d) / "report.txt").exists() else ""
+        if reads_plugin is not None and rc == 0:
+            tr.reads = rd.read_counts(Path(d) / rd.COUNTS)
     if rc != 0 or (harness and "status ok" not in report):
         raise ToolFailure(f"The traced run of {Path(elf).name} on QEMU {qemu_machine} did not finish "
                           f"(exit {rc}{', timed out' if rc < 0 else ''}): {err.strip()[-300:]}",
