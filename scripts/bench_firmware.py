@@ -361,6 +361,13 @@ def heldout(args) -> dict:
         print(f"  {core:<11} {len(a)} row(s): median |error| {statistics.median(a):.1%}, worst {max(a):.1%}")
     for core in sorted({b["core"] for b in boards.values()} - set(errors)):
         print(f"  {core:<11} no held-out row (only rows marked fit / software-differs)")
+    summary = {core: {"rows": len(errs), "median_abs_error": round(statistics.median(abs(e) for e in errs), 4),
+                      "worst_abs_error": round(max(abs(e) for e in errs), 4)} for core, errs in errors.items()}
+    if args.write:
+        from workbench.emulate.firmware.timed import HELDOUT_FILE, write_heldout
+
+        write_heldout(out, summary)
+        print(f"\nstored in {HELDOUT_FILE} (the reports of these cores show it)")
     print("\nlower = zero wait states (core timing model); predicted = board estimate (+ flash stalls of the "
           "board's memory); CPI x-check = instructions x the CPI fitted to TFLM 2.3.1 (2020) rows "
           "(workbench/emulate/firmware/cpi.py)")
@@ -370,7 +377,8 @@ def heldout(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", action="store_true", help="fit the CPI table and print the leave-one-out errors")
-    ap.add_argument("--write", action="store_true", help="with --fit: store the fitted table in cpi.py")
+    ap.add_argument("--write", action="store_true", help="with --fit: store the fitted table in cpi.py; with --heldout: "
+                    "store the errors in workbench/emulate/firmware/heldout.json, which the reports show")
     ap.add_argument("--build-types", action="store_true", help="compare BUILD_TYPE release_with_logs and release")
     ap.add_argument("--heldout", action="store_true",
                     help="timing model vs the published rows of workbench/emulate/firmware/published_rows.yaml")

@@ -452,3 +452,32 @@ def test_no_host_compiler_keeps_the_measured_run_with_the_cpi_latency(digits_tfl
     rep = run_firmware(digits_tflite_int8, "stm32l4r5", tflm_dir=tflm_tree, jobs=2)
     assert rep.timing is None and rep.latency_method.startswith("fitted CPI")
     assert any("host C compiler" in n for n in rep.notes)
+
+
+def test_stored_heldout_prediction_is_todays_timing_model(tflm_tree):
+    """The Cortex-M4 check row (TFLM's person_detect model on the Nucleo-F413ZH) predicted again with today's code
+    gives what heldout.json stores and the reports show (after a change to the timing model, regenerate it with
+    python scripts/bench_firmware.py --heldout --write)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from workbench.emulate.firmware import run_firmware
+    from workbench.emulate.firmware.timed import on_board
+    from workbench.emulate.targets import MemorySpec
+
+    here = Path(tm.__file__).parent
+    d = yaml.safe_load((here / "published_rows.yaml").read_text())
+    spec, board = d["models"]["person-detect"], d["boards"]["nucleo-f413zh"]
+    model = Path(tflm_tree) / spec["tflm_path"]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == spec["sha256"]
+    rep = run_firmware(model, "stm32l4r5", tflm_dir=tflm_tree, jobs=2)  # a Cortex-M4F profile: the same firmware
+    pred = on_board(rep.timing, MemorySpec(**board["memory"]), float(board["clock_mhz"]))
+    stored = next(r for r in json.loads((here / "heldout.json").read_text())["rows"]
+                  if (r["board"], r["model"]) == ("nucleo-f413zh", "person-detect"))
+    assert pred["latency_ms"] == pytest.approx(stored["predicted_ms"], rel=0.005)
+    assert rep.timing["heldout"]["rows"] == [{"row": "nucleo-f413zh person-detect", "published_ms": stored["ms"],
+                                             "predicted_ms": stored["predicted_ms"], "error": stored["error"]}]
+    assert "median |error|" in rep.timing["validation"]

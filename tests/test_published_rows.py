@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from workbench.emulate.targets import MemorySpec, load_target
@@ -47,3 +48,26 @@ def test_each_core_with_rows_of_current_software_has_a_held_out_row():
     d = _data()
     held = {d["boards"][r["board"]]["core"] for r in d["rows"] if r["use"] == "check"}
     assert {"Cortex-M4F", "Cortex-M7", "Cortex-M33"} <= held
+
+
+def test_stored_heldout_errors_cover_every_check_row_and_add_up():
+    """heldout.json (bench_firmware.py --heldout --write) holds every row of published_rows.yaml; its per-core
+    median and worst come from the check rows only, and each error is predicted / published - 1."""
+    import json
+    import statistics
+
+    d = _data()
+    stored = json.loads((ROWS.parent / "heldout.json").read_text())
+    assert {(r["board"], r["model"], r["use"]) for r in stored["rows"]} == {(r["board"], r["model"], r["use"]) for r in d["rows"]}
+    per_core: dict = {}
+    for r in stored["rows"]:
+        assert r["error"] == pytest.approx(r["predicted_ms"] / r["ms"] - 1, abs=1e-3)
+        assert r["lower_ms"] <= r["predicted_ms"]
+        if r["use"] == "check":
+            per_core.setdefault(r["core"], []).append(abs(r["error"]))
+    assert set(per_core) == set(stored["cores"])
+    for core, errs in per_core.items():
+        s = stored["cores"][core]
+        assert s["rows"] == len(errs)
+        assert s["median_abs_error"] == pytest.approx(statistics.median(errs), abs=1e-3)
+        assert s["worst_abs_error"] == pytest.approx(max(errs), abs=1e-3)

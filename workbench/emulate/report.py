@@ -229,6 +229,10 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
         tmg = fw.timing
         xc = ("" if fw.cpi_latency_ms is None else
               f"; fitted-CPI cross-check {fw.cpi_latency_ms:.3f} ms (CPI fitted to TFLM 2.3.1 rows of 2020)")
+        h = tmg.get("heldout")
+        xc += (f"; its error on {len(h['rows'])} published row(s) of this core kept out of every fit: median "
+               f"{h['median_abs_error']:.0%}, worst {h['worst_abs_error']:.0%}" if h else
+               "; no published row checks this core's timing table")
         lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware on QEMU {fw.machine}: {fw.instructions:,} instructions, "
                      f"{tmg['cycles_board']:,} cycles on the board by the {tmg['core_model']} timing model, at least "
                      f"{tmg['cycles_lower']:,} = {tmg['latency_lower_ms']:.3f} ms at zero wait states, "

@@ -65,6 +65,7 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
         "core_model": core.core,
         "core_sources": list(core.sources),
         "validation": validation(core),
+        "heldout": heldout(core.core),
         "memory": memory.to_dict() if memory is not None else None,
         "instructions": round(total.instructions),
         "trace_vs_timer": None if diff is None else round(diff, 5),
@@ -96,13 +97,54 @@ def checked_rows(core: str) -> list[dict]:
             and boards.get(r.get("board"), {}).get("core") == core]
 
 
+HELDOUT_FILE = "heldout.json"  # beside this module: the last `bench_firmware.py --heldout --write`
+REGENERATE = "python scripts/bench_firmware.py --heldout --write"
+
+
+def write_heldout(rows: list[dict], cores: dict) -> None:
+    """Store the held-out comparison (every published row with its prediction; per-core errors of the check rows)."""
+    import json
+    from pathlib import Path
+
+    keep = ("board", "core", "model", "use", "ms", "predicted_ms", "lower_ms", "error", "software")
+    doc = {"regenerate": REGENERATE,
+           "what": "the core timing model's board estimate for each published row of published_rows.yaml; "
+                   "per core, the |error| of the rows marked use: check (never used to set a constant)",
+           "rows": [{k: r.get(k) for k in keep} for r in rows], "cores": cores}
+    Path(__file__).with_name(HELDOUT_FILE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def heldout(core: str) -> dict | None:
+    """The stored held-out errors of ``core`` ({"rows": [...], "median_abs_error", "worst_abs_error",
+    "regenerate"}), or None when no check row of the core was measured."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).with_name(HELDOUT_FILE)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    summary = doc.get("cores", {}).get(core)
+    if not summary:
+        return None
+    rows = [{"row": f"{r['board']} {r['model']}", "published_ms": r["ms"], "predicted_ms": r["predicted_ms"],
+             "error": r["error"]} for r in doc["rows"] if r["core"] == core and r["use"] == "check"]
+    return {"rows": rows, "median_abs_error": summary["median_abs_error"],
+            "worst_abs_error": summary["worst_abs_error"], "regenerate": doc.get("regenerate", REGENERATE)}
+
+
 def validation(core) -> str:
-    """What checks ``core``'s timing table: the held-out published rows, or why none does."""
+    """What checks ``core``'s timing table: the held-out published rows with their errors, or why none does."""
     rows = checked_rows(core.core)
     if not rows:
         return core.unvalidated or "no published row checked"
-    names = ", ".join(f"{r['board']} {r['model']}" for r in rows)
-    return (f"{len(rows)} published row(s) checked ({names}); errors: python scripts/bench_firmware.py --heldout")
+    h = heldout(core.core)
+    if h is None:
+        names = ", ".join(f"{r['board']} {r['model']}" for r in rows)
+        return f"{len(rows)} published row(s) checked ({names}); errors: {REGENERATE}"
+    each = ", ".join(f"{r['row']} {r['error']:+.1%}" for r in h["rows"])
+    return (f"{len(h['rows'])} published row(s) checked ({each}): median |error| {h['median_abs_error']:.1%}, worst "
+            f"{h['worst_abs_error']:.1%}; regenerate: {h['regenerate']}")
 
 
 def on_board(timing: dict, memory, clock_mhz: float) -> dict:
