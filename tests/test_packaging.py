@@ -30,7 +30,9 @@ def test_wheel_carries_data_and_runs_from_its_install(tmp_path):
                    "workbench/builtin/models/digits_keras.keras", "workbench/builtin/models/fashion_torch.pt",
                    "workbench/builtin/models/demo.yaml", "workbench/builtin/models/reference.py",
                    "workbench/builtin/calibration/digits_calib.npz", "workbench/builtin/calibration/fashion-mnist.yaml",
-                   "workbench/cli/__init__.py", "workbench/profile/device_script.py", "workbench/emulate/firmware/harness/wb_harness.cc", "workbench/runtimes/tflm_child.py"]:
+                   "workbench/cli/__init__.py", "workbench/profile/device_script.py", "workbench/emulate/firmware/harness/wb_harness.cc", "workbench/runtimes/tflm_child.py",
+                   "workbench/emulate/firmware/harness/wb_loads_plugin.c", "workbench/emulate/firmware/published_rows.yaml",
+                   "workbench/emulate/firmware/heldout.json"]:
         assert needed in names, needed
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(whl)], check=True)
