@@ -191,16 +191,23 @@ kernel:
 """
 
 
-def test_hand_written_loop_gives_the_table_cycles(tmp_path):
-    _tools()
-    (tmp_path / "loop.S").write_text(_LOOP)
+def _m4_loop(tmp_path, source: str, reads_plugin=None):
+    """(trace, insns, syms) of a hand-written Cortex-M4 program run on mps2-an386, its window the call of kernel."""
+    (tmp_path / "loop.S").write_text(source)
     elf = tmp_path / "loop.elf"
     subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-nostdlib", "-nostartfiles",
                     "-Wl,-Ttext=0x40", "-Wl,--section-start=.vectors=0", "-Wl,-e,0x40", "-o", str(elf),
                     str(tmp_path / "loop.S")], check=True, capture_output=True)
     insns, syms = tr.disassemble(elf), tr.symbols(elf)
     t = tr.run_trace("qemu-system-arm", "mps2-an386", elf, b"", insns, syms, timeout=60,
-                     markers=tr.Markers(invoke="kernel", main="main", begin=None, end=None), harness=False)
+                     markers=tr.Markers(invoke="kernel", main="main", begin=None, end=None), harness=False,
+                     reads_plugin=reads_plugin)
+    return t, insns, syms
+
+
+def test_hand_written_loop_gives_the_table_cycles(tmp_path):
+    _tools()
+    t, insns, _syms = _m4_loop(tmp_path, _LOOP)
     costs = {tb: tm.cost_tb([insns[a] for a in addrs], M4) for tb, addrs in t.tbs.items()}
     c = tm.window_cycles(t.runs[tr.INTERPRETER], t.fallthrough[tr.INTERPRETER], costs, M4, t.invocations)
     # movs; 100 x (ldr, ldr, smlad, subs, bne); bx lr
@@ -371,46 +378,10 @@ def test_m55_digits_firmware_gets_cycles_from_the_m55_table(digits_tflite_int8, 
     assert t["validation"].startswith("no published row checked") and rep.cpi_latency_ms is None
 
 
-_FLASH_LOOP = """
-    .syntax unified
-    .cpu cortex-m4
-    .thumb
-    .section .vectors, "a"
-    .word 0x20010000
-    .word reset + 1
-    .text
-    .thumb_func
-reset:
-    bl main
-    .thumb_func
-    .global main
-main:
-    ldr r0, =table
-    ldr r1, =0x20000100
-    movs r2, #100
-    bl kernel
-    movs r0, #0x18
-    ldr r1, =0x20026
-    bkpt 0xab
-    b .
-    .ltorg
-    .size main, .-main
-    .thumb_func
-    .global kernel
-kernel:
-    movs r5, #0
-1:
-    ldr r3, [r0], #4
-    ldr r4, [r1], #4
-    str r5, [r1, #-4]
-    smlad r5, r3, r4, r5
-    subs r2, r2, #1
-    bne 1b
-    bx lr
-    .p2align 2
-table:
-    .fill 100, 4, 0x01010101
-"""
+# the same loop reading its first operand from a table in the code memory (flash), with a store to RAM added
+_FLASH_LOOP = (_LOOP.replace("ldr r0, =0x20000000", "ldr r0, =table")
+               .replace("    smlad r5, r3, r4, r5\n", "    str r5, [r1, #-4]\n    smlad r5, r3, r4, r5\n")
+               + "    .p2align 2\ntable:\n    .fill 100, 4, 0x01010101\n")
 
 
 def test_plugin_counts_flash_reads_apart_from_sram_reads(tmp_path):
@@ -424,16 +395,8 @@ def test_plugin_counts_flash_reads_apart_from_sram_reads(tmp_path):
     so = rd.plugin()
     if so is None:
         pytest.skip("no host C compiler (cc) to build the QEMU plugin")
-    (tmp_path / "loop.S").write_text(_FLASH_LOOP)
-    elf = tmp_path / "loop.elf"
-    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-nostdlib", "-nostartfiles",
-                    "-Wl,-Ttext=0x40", "-Wl,--section-start=.vectors=0", "-Wl,-e,0x40", "-o", str(elf),
-                    str(tmp_path / "loop.S")], check=True, capture_output=True)
-    insns, syms = tr.disassemble(elf), tr.symbols(elf)
     m = MACHINES["Cortex-M4F"]
-    t = tr.run_trace("qemu-system-arm", "mps2-an386", elf, b"", insns, syms, timeout=60,
-                     markers=tr.Markers(invoke="kernel", main="main", begin=None, end=None), harness=False,
-                     reads_plugin=(so, m.code.base, m.code.size))
+    t, insns, syms = _m4_loop(tmp_path, _FLASH_LOOP, reads_plugin=(so, m.code.base, m.code.size))
     kernel = syms["kernel"][0]
     loads = sorted(a for a, i in insns.items() if i.mnemonic.startswith("ldr") and a > kernel)[:2]
     store = next(a for a, i in insns.items() if i.mnemonic.startswith("str") and a > kernel)
