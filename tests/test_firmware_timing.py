@@ -153,22 +153,14 @@ def _tools():
             pytest.skip(f"{tool} is not installed")
 
 
-_LOOP = """
-    .syntax unified
-    .cpu cortex-m4
-    .thumb
-    .section .vectors, "a"
-    .word 0x20010000
-    .word reset + 1
-    .text
-    .thumb_func
-reset:
-    bl main
+def _main(ram: int) -> str:
+    """``main`` of the hand-written programs: kernel(ram, ram + 0x100, 100), then semihosting SYS_EXIT."""
+    return f"""    bl main
     .thumb_func
     .global main
 main:
-    ldr r0, =0x20000000
-    ldr r1, =0x20000100
+    ldr r0, =0x{ram:08x}
+    ldr r1, =0x{ram + 0x100:08x}
     movs r2, #100
     bl kernel
     movs r0, #0x18
@@ -179,7 +171,20 @@ main:
     .size main, .-main
     .thumb_func
     .global kernel
-kernel:
+"""
+
+
+_LOOP = """
+    .syntax unified
+    .cpu cortex-m4
+    .thumb
+    .section .vectors, "a"
+    .word 0x20010000
+    .word reset + 1
+    .text
+    .thumb_func
+reset:
+""" + _main(0x20000000) + """kernel:
     movs r5, #0
 1:
     ldr r3, [r0], #4
@@ -239,23 +244,7 @@ reset:
     str r1, [r0]
     dsb
     isb
-    bl main
-    .thumb_func
-    .global main
-main:
-    ldr r0, =0x30000000
-    ldr r1, =0x30000100
-    movs r2, #100
-    bl kernel
-    movs r0, #0x18
-    ldr r1, =0x20026
-    bkpt 0xab
-    b .
-    .ltorg
-    .size main, .-main
-    .thumb_func
-    .global kernel
-    .p2align 2
+""" + _main(0x30000000) + """    .p2align 2
 kernel:
     mov r12, lr
     movs r4, #0
