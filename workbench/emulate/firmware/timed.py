@@ -60,12 +60,13 @@ def firmware_cycles(qemu: str, machine, elf, one_sample: bytes, target, *, timer
                     "histogram": {k: round(v) for k, v in c.classes.items()}, "cycles_lower": round(c.lower),
                     "cycles_board": round(tm.board_cycles(c, memory))})
     board = tm.board_cycles(total, memory)
+    held = heldout(core.core)
     return {
         "route": ROUTE,
         "core_model": core.core,
         "core_sources": list(core.sources),
-        "validation": validation(core),
-        "heldout": heldout(core.core),
+        "validation": validation(core, held),
+        "heldout": held,
         "memory": memory.to_dict() if memory is not None else None,
         "instructions": round(total.instructions),
         "trace_vs_timer": None if diff is None else round(diff, 5),
@@ -133,12 +134,12 @@ def heldout(core: str) -> dict | None:
             "worst_abs_error": summary["worst_abs_error"], "regenerate": doc.get("regenerate", REGENERATE)}
 
 
-def validation(core) -> str:
-    """What checks ``core``'s timing table: the held-out published rows with their errors, or why none does."""
+def validation(core, h: dict | None = None) -> str:
+    """What checks ``core``'s timing table: the held-out published rows with their errors (``h``, as
+    :func:`heldout` gives them), or why none does."""
     rows = checked_rows(core.core)
     if not rows:
         return core.unvalidated or "no published row checked"
-    h = heldout(core.core)
     if h is None:
         names = ", ".join(f"{r['board']} {r['model']}" for r in rows)
         return f"{len(rows)} published row(s) checked ({names}); errors: {REGENERATE}"
