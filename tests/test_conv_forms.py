@@ -173,3 +173,27 @@ def test_a_missing_toolchain_is_exit_3_before_any_work(tmp_path, digits_tflite_i
                                   "-o", str(tmp_path / "out")])
     assert r.exit_code == 3 and "arm-none-eabi-gcc" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_filter_buffer_shared_with_another_tensor_is_copied_not_rewritten(digits_tflite_int8, rng):
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    data = digits_tflite_int8.read_bytes()
+    (c,) = candidates(data)
+    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
+    sg = m.subgraphs[0]
+    w = sg.tensors[sg.operators[c.op].inputs[1]]
+    twin = s.TensorT()  # an unused tensor reading the same bytes
+    twin.name, twin.type, twin.shape, twin.buffer = b"twin", w.type, w.shape, w.buffer
+    sg.tensors.append(twin)
+    b = flatbuffers.Builder(len(data) + 1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    shared = bytes(b.Output())
+    before = bytes(bytearray(m.buffers[w.buffer].data))
+    out = s.ModelT.InitFromObj(s.Model.GetRootAsModel(flip(shared, [c.op]), 0))
+    osg = out.subgraphs[0]
+    new_w, old_twin = osg.tensors[osg.operators[c.op].inputs[1]], osg.tensors[-1]
+    assert new_w.buffer != old_twin.buffer and bytes(bytearray(out.buffers[old_twin.buffer].data)) == before
+    x = rng.integers(-128, 128, size=(1, 8, 8, 1), dtype=np.int8)
+    assert _litert(data, x).tobytes() == _litert(flip(shared, [c.op]), x).tobytes()

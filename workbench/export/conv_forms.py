@@ -70,7 +70,7 @@ def _name(t) -> str:
     return n.decode() if isinstance(n, bytes) else (n or "")
 
 
-def _two_forms(model, op) -> Candidate | None:
+def _two_forms(model, index: int, op) -> Candidate | None:
     """The op as a Candidate when it has both forms: one input channel, one output channel per filter, a
     constant int8 filter over int8 activations, no sparsity."""
     sg = model.subgraphs[0]
@@ -100,7 +100,7 @@ def _two_forms(model, op) -> Candidate | None:
     scales = len(q.scale) if q is not None and q.scale is not None else 0
     if scales not in (0, 1, filters):
         return None
-    return Candidate(sg.operators.index(op), NAMES[code], int(filters), (int(ws[1]), int(ws[2])), _name(y))
+    return Candidate(index, NAMES[code], int(filters), (int(ws[1]), int(ws[2])), _name(y))
 
 
 def candidates(data: bytes, where: str = "the model") -> list[Candidate]:
@@ -108,7 +108,8 @@ def candidates(data: bytes, where: str = "the model") -> list[Candidate]:
     _s, model = _read(data, where)
     if not model.subgraphs:
         return []
-    return [c for c in (_two_forms(model, op) for op in model.subgraphs[0].operators) if c is not None]
+    ops = model.subgraphs[0].operators or []
+    return [c for c in (_two_forms(model, i, op) for i, op in enumerate(ops)) if c is not None]
 
 
 def _opcode(s, model, code: int, version: int) -> int:
@@ -141,9 +142,8 @@ def _version(w_type: int, to: int, opts) -> int:
     return 2 if to == DEPTHWISE_CONV_2D and dilated else 1
 
 
-def _relayout(model, w, to: int, filters: int, kh: int, kw: int) -> None:
+def _relayout(s, model, w, to: int, filters: int, kh: int, kw: int) -> None:
     """The filter's bytes in the other form's layout, in a buffer of its own."""
-    s_ = type(model.buffers[w.buffer])
     dtype = np.int8 if int(w.type) == INT8 else np.float32
     raw = np.frombuffer(bytes(bytearray(model.buffers[w.buffer].data)), dtype=dtype)
     if to == DEPTHWISE_CONV_2D:  # [O, KH, KW, 1] -> [1, KH, KW, O]
@@ -155,8 +155,7 @@ def _relayout(model, w, to: int, filters: int, kh: int, kw: int) -> None:
     sg = model.subgraphs[0]
     shared = sum(1 for t in sg.tensors if t.buffer == w.buffer) > 1
     if shared:
-        b = s_()
-        model.buffers.append(b)
+        model.buffers.append(s.BufferT())
         w.buffer = len(model.buffers) - 1
     model.buffers[w.buffer].data = np.frombuffer(np.ascontiguousarray(new).tobytes(), dtype=np.uint8)
     w.shape = np.array(shape, dtype=np.int32)
@@ -192,7 +191,7 @@ def flip(data: bytes, ops, where: str = "the model") -> bytes:
         to = OTHER[_code(c.form)]
         w = sg.tensors[op.inputs[1]]
         opts, kind = _options(s, op.builtinOptions, to, c.filters)
-        _relayout(model, w, to, c.filters, *c.kernel)
+        _relayout(s, model, w, to, c.filters, *c.kernel)
         op.builtinOptions, op.builtinOptionsType = opts, kind
         op.opcodeIndex = _opcode(s, model, to, _version(int(w.type), to, opts))
     _drop_unused_opcodes(model)
