@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -90,25 +89,14 @@ def test_truncated_pte_is_refused_naming_the_file(digits_pte, tmp_path):
 
 
 def test_corrupt_delegate_payloads_are_model_format_errors(digits_pte):
-    from workbench.core.errors import ModelFormatError
+    from fuzz import fuzz_reader
+
     from workbench.frontends.pte_reader import read_calls
     from workbench.frontends.xnnpack_graph import read_xnn_graph
 
     payload = read_calls(digits_pte["float"]).calls[0].payload
     assert read_xnn_graph(payload).nodes  # the intact one reads
-    rng = np.random.default_rng(1)
-    outcomes = {"read": 0, "refused": 0}
-    for trial in range(300):
-        data = bytearray(payload[: int(rng.integers(0, len(payload)))] if trial % 3 == 0 else payload)
-        for _ in range(int(rng.integers(1, 6))):
-            if data:
-                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
-        try:
-            read_xnn_graph(bytes(data), "x.pte")
-            outcomes["read"] += 1
-        except ModelFormatError as exc:
-            assert "x.pte" in exc.message
-            outcomes["refused"] += 1
+    outcomes = fuzz_reader(payload, lambda data: read_xnn_graph(data, "x.pte"), seed=1)
     assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
 
 
