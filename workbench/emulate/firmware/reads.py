@@ -13,6 +13,7 @@ block, which :func:`~workbench.emulate.firmware.timing.window_cycles` adds up pe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -30,6 +31,12 @@ def host_compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 
 
+@functools.lru_cache(maxsize=None)
+def _version(cc: str) -> str:
+    """The compiler's first ``--version`` line (asked once per process; it keys the plugin's cache)."""
+    return "".join(subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1])
+
+
 def plugin_cache_dir() -> Path:
     from workbench.emulate.firmware.build import fw_cache_dir
 
@@ -45,8 +52,7 @@ def plugin(cc: str | None = None) -> Path | None:
     cc = cc or host_compiler()
     if cc is None:
         return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256(SOURCE.read_bytes() + "".join(version).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + _version(cc).encode()).hexdigest()[:16]
     base = plugin_cache_dir()
 
     def load():
