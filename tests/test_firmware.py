@@ -218,6 +218,66 @@ def test_reference_kernels_are_selectable(fw_env, digits_tflite_int8, digits_int
     assert np.array_equal(np.asarray(ref.outputs), np.asarray(cmsis.outputs)[:20])
 
 
+def test_one_opt_level_builds_every_source_at_it_and_changes_only_the_speed(fw_env, digits_tflite_int8,
+                                                                            digits_int8_samples, m4_run):
+    """--opt-level -Os (what mbed-os, the Arduino Mbed core and Zephyr compile with): every TFLM and CMSIS-NN
+    object is compiled at -Os, the library is a different cached one, the outputs stay bit-identical and
+    the kernels execute more instructions than at TFLM's own -O2."""
+    from workbench.emulate.firmware import run_firmware
+    from workbench.emulate.firmware.library import get_library
+    from workbench.emulate.firmware.machines import machine_for_core
+    from workbench.emulate.firmware.plan import all_sources, compile_command
+    from workbench.emulate.firmware.tree import find_tree
+
+    tree_dir, toolchain = fw_env
+    x, _ = digits_int8_samples
+    small = run_firmware(digits_tflite_int8, "stm32l4r5", inputs=x[:20], tflm_dir=tree_dir, jobs=2, opt_level="-Os")
+    default, _ = m4_run
+    assert small.opt_level == "-Os" and default.opt_level is None
+    assert small.library_key != default.library_key
+    assert np.array_equal(np.asarray(small.outputs), np.asarray(default.outputs)[:20])
+    assert small.instructions > default.instructions
+    tree = find_tree(tree_dir)
+    lib = get_library(tree, machine_for_core("Cortex-M4F"), toolchain, opt_level="-Os")
+    levels = {c for g, src in all_sources(lib.plan) for c in compile_command(lib.plan, g, src, tree.root, toolchain)
+              if c.startswith("-O")}
+    assert levels == {"-Os"}, levels
+
+
+def test_opt_level_is_checked_and_keys_its_own_library():
+    from workbench.core.errors import ConfigError
+    from workbench.emulate.firmware.library import OPT_VARS, check_options, library_key, make_args
+    from workbench.emulate.firmware.machines import machine_for_core
+    from workbench.emulate.firmware.toolchain import Toolchain
+    from workbench.emulate.firmware.tree import TflmTree
+
+    with pytest.raises(ConfigError, match="-O9"):
+        check_options("cmsis-nn", "release_with_logs", "-O9")
+    m = machine_for_core("Cortex-M4F")
+    bin_ = Path("/usr/bin")
+    tc = Toolchain(gcc=bin_ / "arm-none-eabi-gcc", gxx=bin_ / "arm-none-eabi-g++", size=bin_ / "arm-none-eabi-size",
+                   ar=bin_ / "arm-none-eabi-ar", objcopy=bin_ / "arm-none-eabi-objcopy", qemu=bin_ / "qemu-system-arm",
+                   gcc_version="gcc 12.2", qemu_version="qemu 7.2")
+    tree = TflmTree(root=Path("/t"), source="argument", commit=None, content_key="k")
+    keys = {library_key(tree, m, "cmsis-nn", "release", tc, level) for level in (None, "-Os", "-O3")}
+    assert len(keys) == 3
+    args = make_args(Path("/t"), m, "cmsis-nn", "release", tc, Path("/g"), "-O3")
+    assert [a for a in args if a.split("=")[0] in OPT_VARS] == [f"{v}=-O3" for v in OPT_VARS]
+    assert not [a for a in make_args(Path("/t"), m, "cmsis-nn", "release", tc, Path("/g")) if a.split("=")[0] in OPT_VARS]
+
+
+def test_opt_level_where_no_firmware_is_built_is_refused(digits_tflite_int8):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    r = CliRunner().invoke(main, ["emulate", str(digits_tflite_int8), "--target", "raspberry-pi-4", "--opt-level", "-Os"])
+    assert r.exit_code == 2 and "applies to the MCU firmware build" in r.output and "raspberry-pi-4" in r.output
+    r = CliRunner().invoke(main, ["emulate", str(digits_tflite_int8), "--target", "stm32l4r5", "--no-firmware",
+                                 "--opt-level=-O3"])
+    assert r.exit_code == 2 and "--no-firmware" in r.output and "Traceback" not in r.output
+
+
 def test_failures_name_the_phase(m4_run, fw_env):
     from workbench.core.errors import RuntimeFailure, ToolFailure
     from workbench.emulate.firmware import machine_for_core

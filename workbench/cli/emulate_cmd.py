@@ -20,8 +20,13 @@ from workbench.evaluate.metrics import CHOICES as METRIC_CHOICES
                    "the toolchain, QEMU and a TFLM tree are here; --firmware requires it, --no-firmware gives the estimate.")
 @click.option("--tflm-dir", type=click.Path(), metavar="DIR", envvar="WORKBENCH_TFLM_DIR",
               help="A tflite-micro checkout with its downloads (default: $WORKBENCH_TFLM_DIR, then `workbench firmware setup`'s clone).")
+@click.option("--opt-level", type=click.Choice(["-Os", "-O1", "-O2", "-O3", "-Ofast"]), metavar="LEVEL",
+              help="MCU firmware: compile every TFLite Micro and CMSIS-NN source at LEVEL (-Os, -O1, -O2, -O3, -Ofast), "
+                   "as your build system does (mbed-os, the Arduino Mbed core and Zephyr use -Os). Default: TFLM's own "
+                   "Makefile levels (-Os framework, -O2 kernels).")
 @json_option
-def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, reference, metric, threads, firmware, tflm_dir, as_json):
+def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, reference, metric, threads, firmware, tflm_dir,
+                opt_level, as_json):
     """Will MODEL (.tflite; .onnx, .ort or .pte on Linux boards) fit the target, how fast will it run, and at what accuracy?
 
     MCU targets run the model's real firmware where it can be built here: flash is the
@@ -44,7 +49,7 @@ def emulate_cmd(model, target_name, target_file, eval_spec, eval_samples, refere
     if reference and not eval_spec:
         raise click.UsageError("--reference needs --eval DATA to compare on.")
     report = emulate(model, target_file or target_name, eval_data=eval_spec, reference=reference, threads=threads,
-                     eval_samples=eval_samples, firmware=firmware, tflm_dir=tflm_dir, metric=metric)
+                     eval_samples=eval_samples, firmware=firmware, tflm_dir=tflm_dir, metric=metric, opt_level=opt_level)
     if as_json:
         emit_json(report.to_dict())
     else:

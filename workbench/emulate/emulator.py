@@ -15,7 +15,7 @@ from workbench.emulate import compat, memory
 from workbench.emulate.cost import estimate_latency
 from workbench.emulate.report import TargetReport
 from workbench.emulate.targets import Target, load_target
-from workbench.core.errors import MissingDependencyError, RuntimeFailure, ToolFailure, UnsupportedError, WorkbenchError
+from workbench.core.errors import ConfigError, MissingDependencyError, RuntimeFailure, ToolFailure, UnsupportedError, WorkbenchError
 from workbench.core.files import check_input_file, sha256_file
 from workbench.core.registry import Registry
 
@@ -47,7 +47,7 @@ def _litert_runner(handle, target: Target, threads: int):
 
 def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None, reference=None, threads: int | None = None,
             *, eval_samples: int | None = 500, timeout: float = 120.0, firmware: bool | None = None,
-            tflm_dir=None, metric: str | None = None) -> TargetReport:
+            tflm_dir=None, metric: str | None = None, opt_level: str | None = None) -> TargetReport:
     """Emulate ``model_path`` (a .tflite) on ``target`` (a profile name, a YAML path or a Target).
 
     ``eval_data``: a Dataset or a data spec (opened with split "test" and ``eval_samples``);
@@ -59,7 +59,9 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     (:mod:`workbench.emulate.on_firmware`). ``None`` (default): whenever the toolchain, QEMU
     and a TFLM tree (``tflm_dir`` or ``WORKBENCH_TFLM_DIR``) are available, else the estimate
     with a note saying why; ``True``: required (a missing piece is an error); ``False``: the
-    estimate only.
+    estimate only. ``opt_level`` (``-Os``, ``-O2``, ``-O3``, ...): build every TFLM and CMSIS-NN source of
+    the firmware at that level, as the user's build system does (mbed-os, the Arduino Mbed core and Zephyr
+    use -Os); None keeps TFLM's Makefile levels (-Os framework, -O2 kernels).
 
     A tool that fails while the firmware is built or run (a build that fails or times out, a
     link error, QEMU timing out, a tool missing part-way) gives no verdict on the model: the
@@ -72,6 +74,7 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
 
     tgt = load_target(target)
     path = check_input_file(model_path)
+    _check_opt_level(opt_level, tgt, firmware)
     handle = load(path)
     onnx_graph = None  # the graph a board adapter gives (ONNX Runtime for .onnx/.ort, ExecuTorch for .pte)
     if handle.format in BOARD_ADAPTERS:
@@ -87,7 +90,7 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
 
         return emulate_on_npu(path, handle, tgt, threads=threads, eval_data=eval_data, reference=reference,
                               eval_samples=eval_samples, metric=metric, timeout=max(timeout, 300.0),
-                              firmware=firmware, tflm_dir=tflm_dir)
+                              firmware=firmware, tflm_dir=tflm_dir, opt_level=opt_level)
     graph = handle.meta["graph"] if onnx_graph is None else onnx_graph
     n_threads = 1 if tgt.runtime.name == "tflm" else max(1, min(threads or tgt.threads, tgt.cores))
     context: dict = {"timeout": timeout, "threads": n_threads}
@@ -96,7 +99,7 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     support = compat.check(graph, tgt.runtime.name, str(path), context)
     notes: list[str] = []
     fw, accuracy, support, tool_failure = _on_firmware(handle, tgt, support, firmware, tflm_dir, eval_data, reference,
-                                                       eval_samples, notes, metric=metric)
+                                                       eval_samples, notes, metric=metric, opt_level=opt_level)
     if fw is not None:
         from workbench.emulate.on_firmware import firmware_memory
 
@@ -150,8 +153,22 @@ def _firmware_problem(exc: WorkbenchError, graph) -> dict:
     return problem
 
 
+def _check_opt_level(opt_level: str | None, tgt: Target, firmware: bool | None) -> None:
+    """An optimisation level is a property of a firmware build: refused where no firmware is built."""
+    if opt_level is None:
+        return
+    from workbench.emulate.firmware.library import OPT_LEVELS
+
+    if opt_level not in OPT_LEVELS:
+        raise ConfigError(f"Unknown firmware optimisation level {opt_level!r}; expected one of {', '.join(OPT_LEVELS)}.")
+    if tgt.runtime.name != "tflm" or firmware is False:
+        why = "--no-firmware gives the estimate only" if firmware is False else f"'{tgt.name}' runs {tgt.runtime.name}"
+        raise ConfigError(f"An optimisation level ({opt_level}) applies to the MCU firmware build, and none is built "
+                          f"here: {why}.", hint="Leave --opt-level out, or emulate on an MCU target with the firmware.")
+
+
 def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | None, tflm_dir, eval_data, reference,
-                 eval_samples, notes: list[str], metric: str | None = None):
+                 eval_samples, notes: list[str], metric: str | None = None, opt_level: str | None = None):
     """(firmware report or None, accuracy or None, support, tool failure or None): the firmware run
     when it can and should happen.
 
@@ -180,10 +197,10 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
 
     try:
         if eval_data is None:
-            fw = run_firmware(handle.path, tgt, tflm_dir=tflm_dir)
+            fw = run_firmware(handle.path, tgt, tflm_dir=tflm_dir, opt_level=opt_level)
             notes.extend(fw.notes)
             return fw, None, support, None
-        runner = FirmwareRunner(handle, tgt, tflm_dir)
+        runner = FirmwareRunner(handle, tgt, tflm_dir, opt_level)
         accuracy = _accuracy(handle, tgt, 1, eval_data, reference, eval_samples, runner=runner, metric=metric)
         if runner.last is not None:
             from workbench.emulate.on_firmware import lsb_agreement

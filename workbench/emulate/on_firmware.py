@@ -28,10 +28,11 @@ class FirmwareRunner(Runner):
     name = "firmware"
     batch_size = None
 
-    def __init__(self, handle, target: Target, tflm_dir=None):
+    def __init__(self, handle, target: Target, tflm_dir=None, opt_level: str | None = None):
         self.handle = handle
         self.target = target
         self.tflm_dir = tflm_dir
+        self.opt_level = opt_level
         self.inputs = handle.inputs
         self.outputs = handle.outputs
         self.report = None
@@ -40,7 +41,8 @@ class FirmwareRunner(Runner):
     def _run(self, x: np.ndarray) -> np.ndarray:
         from workbench.emulate.firmware import run_firmware
 
-        self.report = run_firmware(self.handle.path, self.target, inputs=x, tflm_dir=self.tflm_dir)
+        self.report = run_firmware(self.handle.path, self.target, inputs=x, tflm_dir=self.tflm_dir,
+                                   opt_level=self.opt_level)
         out = self.report.outputs
         out = out[0] if isinstance(out, tuple) else out
         self.last = (np.asarray(x), np.asarray(out))  # the quantized inputs and raw outputs, for lsb_agreement

@@ -183,6 +183,12 @@ def _firmware_method(fw) -> str:
 RUNTIME_TITLES = {"litert": "LiteRT", "ort": "ONNX Runtime", "executorch": "ExecuTorch (with torch)"}
 
 
+def _built(fw) -> str:
+    """" built at -Os" when the firmware was compiled at one level of the user's choice, else ""."""
+    level = getattr(fw, "opt_level", None)
+    return f" built at {level}" if level else ""
+
+
 def render_text(report: TargetReport, max_ops: int = 40) -> str:
     """A human summary: verdict, memory, latency, op table, notes."""
     t = report.target
@@ -233,7 +239,7 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
         xc += (f"; its error on {len(h['rows'])} published row(s) of this core kept out of every fit: median "
                f"{h['median_abs_error']:.0%}, worst {h['worst_abs_error']:.0%}" if h else
                "; no published row checks this core's timing table")
-        lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware on QEMU {fw.machine}: {fw.instructions:,} instructions, "
+        lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware{_built(fw)} on QEMU {fw.machine}: {fw.instructions:,} instructions, "
                      f"{tmg['cycles_board']:,} cycles on the board by the {tmg['core_model']} timing model, at least "
                      f"{tmg['cycles_lower']:,} = {tmg['latency_lower_ms']:.3f} ms at zero wait states, "
                      f"{t.clock_mhz:g} MHz{xc}; cost-model estimate {report.latency.total_ms:.3f} ms)")
@@ -241,7 +247,7 @@ def render_text(report: TargetReport, max_ops: int = 40) -> str:
         cpi = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in (fw.cpi or {}).items())
         fit = (d.get("firmware") or {}).get("cpi_fit") or {}
         loo = f"; held-out error up to {fit['held_out_max_abs_error']:.0%}" if fit.get("held_out_max_abs_error") is not None else ""
-        lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware on QEMU {fw.machine}: {fw.instructions:,} instructions "
+        lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (firmware{_built(fw)} on QEMU {fw.machine}: {fw.instructions:,} instructions "
                      f"x CPI [{cpi}] / {t.clock_mhz:g} MHz{loo}; cost-model estimate {report.latency.total_ms:.3f} ms)")
     elif fw is not None:
         lines.append(f"  latency {d['latency_ms']:>12.3f} ms  (estimate; the firmware ran {fw.instructions:,} instructions, "

@@ -22,7 +22,8 @@ a file that fails its digest is never served, the library is rebuilt with a note
 ``key`` = sha256 of {this recipe's version, the tree's ``content_key`` (git commit plus a hash
 of changes to tracked files, or a hash of the sources present before any build, generated
 arrays left out), the core's TFLM ``TARGET_ARCH``, the kernels, the build type, the compiler
-version, ``TARGET=cortex_m_generic``}: nothing a build writes can change it.
+version, ``TARGET=cortex_m_generic``, the optimisation level when one is given}: nothing a build writes can
+change it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ KERNELS: dict[str, str | None] = {"cmsis-nn": "cmsis_nn", "reference": None}
 # match BUILD_TYPE=release within the timer resolution, see scripts/bench_firmware.py).
 DEFAULT_BUILD_TYPE = "release_with_logs"
 BUILD_TYPES = ("release_with_logs", "release", "default")
+# One compiler optimisation level for every source (TFLM's Makefile variables CORE_, KERNEL_ and
+# THIRD_PARTY_KERNEL_OPTIMIZATION_LEVEL), as a build system that compiles the library's sources with its
+# own flags does: mbed-os's develop and release profiles, the Arduino Mbed core and Zephyr's default all
+# use -Os. None keeps the Makefile's own levels (-Os framework, -O2 kernels and CMSIS-NN).
+OPT_LEVELS = ("-Os", "-O1", "-O2", "-O3", "-Ofast")
+OPT_VARS = ("CORE_OPTIMIZATION_LEVEL", "KERNEL_OPTIMIZATION_LEVEL", "THIRD_PARTY_KERNEL_OPTIMIZATION_LEVEL")
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,12 @@ class Library:
         return [i.replace(TREE_TOKEN, str(tree.root)) for i in self.flags["includes"]]
 
 
-def library_key(tree: TflmTree, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain) -> str:
+def library_key(tree: TflmTree, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain,
+                opt_level: str | None = None) -> str:
     spec = {"recipe": RECIPE_VERSION, "tflm": tree.content_key, "arch": machine.tflm_arch, "kernels": kernels,
             "build_type": build_type, "gcc": toolchain.gcc_version, "target": "cortex_m_generic",
-            **({"make_vars": list(machine.tflm_make_vars)} if machine.tflm_make_vars else {})}
+            **({"make_vars": list(machine.tflm_make_vars)} if machine.tflm_make_vars else {}),
+            **({"opt_level": opt_level} if opt_level else {})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -97,21 +106,26 @@ def lib_cache_dir() -> Path:
     return cache_root() / "firmware" / "lib"
 
 
-def check_options(kernels: str, build_type: str) -> None:
+def check_options(kernels: str, build_type: str, opt_level: str | None = None) -> None:
     if kernels not in KERNELS:
         raise ConfigError(f"Unknown kernels {kernels!r} for the firmware library; expected one of "
                           f"{', '.join(KERNELS)}.", hint="Use kernels='cmsis-nn' (what Cortex-M boards run) or 'reference'.")
     if build_type not in BUILD_TYPES:
         raise ConfigError(f"Unknown TFLM BUILD_TYPE {build_type!r}; expected one of {', '.join(BUILD_TYPES)}.")
+    if opt_level is not None and opt_level not in OPT_LEVELS:
+        raise ConfigError(f"Unknown optimisation level {opt_level!r} for the firmware; expected one of "
+                          f"{', '.join(OPT_LEVELS)}.", hint="Leave it out for TFLM's own levels (-Os framework, -O2 kernels).")
 
 
 def make_args(root: Path, machine: Machine, kernels: str, build_type: str, toolchain: Toolchain,
-              gendir: Path) -> list[str]:
+              gendir: Path, opt_level: str | None = None) -> list[str]:
     args = [f"TENSORFLOW_ROOT={root}/", f"BASE_GENDIR={gendir}", "TARGET=cortex_m_generic",
             f"TARGET_ARCH={machine.tflm_arch}", f"BUILD_TYPE={build_type}", "TOOLCHAIN=gcc",
             f"TARGET_TOOLCHAIN_ROOT={toolchain.root}"]
     if KERNELS[kernels]:
         args.append(f"OPTIMIZED_KERNEL_DIR={KERNELS[kernels]}")
+    if opt_level:
+        args += [f"{v}={opt_level}" for v in OPT_VARS]
     return args + list(machine.tflm_make_vars)
 
 
@@ -150,8 +164,9 @@ def library_route(route: str | None = None) -> str:
 
 def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kernels: str = "cmsis-nn",
                 build_type: str = DEFAULT_BUILD_TYPE, jobs: int | None = None, timeout: float | None = None,
-                cache_dir: Path | None = None, say: Say | None = None, route: str | None = None) -> Library:
-    """The cached library for (tree, core, kernels, build type, compiler).
+                cache_dir: Path | None = None, say: Say | None = None, route: str | None = None,
+                opt_level: str | None = None) -> Library:
+    """The cached library for (tree, core, kernels, build type, compiler, optimisation level).
 
     Route ``objects`` (the default; ``route=`` or ``$WORKBENCH_FIRMWARE_LIBRARY``): a full library
     already in the cache is served as before; otherwise the Library holds TFLM's plan
@@ -163,12 +178,12 @@ def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kerne
     that fails or times out (``timeout`` seconds, default ``$WORKBENCH_FIRMWARE_BUILD_TIMEOUT``
     or 3600) raises ToolFailure (exit 4): a tool's failure, not the model's.
     """
-    check_options(kernels, build_type)
+    check_options(kernels, build_type, opt_level)
     if timeout is None:
         timeout = _env_seconds("WORKBENCH_FIRMWARE_BUILD_TIMEOUT", DEFAULT_BUILD_TIMEOUT)
     say = progress_say if say is None else say
     t0 = time.perf_counter()
-    key = library_key(tree, machine, kernels, build_type, toolchain)
+    key = library_key(tree, machine, kernels, build_type, toolchain, opt_level)
     base = Path(cache_dir) if cache_dir is not None else lib_cache_dir()
     final = base / key
     if library_route(route) == "objects" and not final.exists():
@@ -176,14 +191,14 @@ def get_library(tree: TflmTree, machine: Machine, toolchain: Toolchain, *, kerne
 
         folder, plan, flags, meta, made, notes = get_plan(
             tree, machine, toolchain, kernels=kernels, build_type=build_type, library_key=key,
-            base=base.parent / "plan", timeout=timeout, say=say)
+            base=base.parent / "plan", timeout=timeout, say=say, opt_level=opt_level)
         digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
         return Library(path=folder / "plan.json", folder=folder, key=meta["key"], flags=flags, meta=meta,
                        built_now=made, seconds=time.perf_counter() - t0, sha256=digest, notes=notes, plan=plan,
                        jobs=jobs, timeout=timeout)
     found, lib, notes = build_once(
         base, key, lambda: _load(final, key, time.perf_counter() - t0),
-        lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key, say),
+        lambda tmp: _build(tree, machine, toolchain, kernels, build_type, jobs, timeout, tmp, key, say, opt_level),
         what=f"TFLM library for {machine.core}", say=say)
     if found is not None:
         return Library(**{**found.__dict__, "notes": tuple(notes)})
@@ -206,7 +221,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 def _build(tree: TflmTree, machine: Machine, toolchain: Toolchain, kernels: str, build_type: str,
-           jobs: int | None, timeout: float, tmp: Path, key: str, say: Say) -> dict:
+           jobs: int | None, timeout: float, tmp: Path, key: str, say: Say, opt_level: str | None = None) -> dict:
     make = shutil.which("make")
     if make is None:
         from workbench.emulate.firmware.toolchain import ToolMissingError
@@ -214,13 +229,14 @@ def _build(tree: TflmTree, machine: Machine, toolchain: Toolchain, kernels: str,
         raise ToolMissingError("make", "apt-get install make")
     root = pristine_copy(tree.root, tmp / "tree")
     gendir = tmp / "gen"
-    args = make_args(root, machine, kernels, build_type, toolchain, gendir)
+    args = make_args(root, machine, kernels, build_type, toolchain, gendir, opt_level)
     jobs = jobs or int(os.environ.get("WORKBENCH_FIRMWARE_JOBS", "0")) or os.cpu_count() or 2
     makefile = str(root / MAKEFILE)
     flags = _print_flags(make, makefile, args, root, cwd=tmp)
     total = int(flags.pop("objects", 0) or 0)
     built = Path(flags.pop("lib"))
-    what = f"the TFLite Micro library for {machine.core} ({machine.tflm_arch}, {kernels} kernels, {build_type})"
+    what = (f"the TFLite Micro library for {machine.core} ({machine.tflm_arch}, {kernels} kernels, {build_type}"
+            f"{', ' + opt_level if opt_level else ''})")
     say(f"Building {what}: {total} objects, once per core and compiler (cached in {tmp.parent}).")
     log_path = tmp / "build.log"
     cmd = [make, "-f", makefile, f"-j{jobs}", *args, "microlite"]
@@ -241,7 +257,7 @@ def _build(tree: TflmTree, machine: Machine, toolchain: Toolchain, kernels: str,
     say(f"Built {what} in {_clock(build_seconds)}.")
     meta = {"key": key, "recipe": RECIPE_VERSION, "tflm": tree.content_key, "tflm_commit": tree.commit,
             "core": machine.core, "tflm_arch": machine.tflm_arch, "kernels": kernels, "build_type": build_type,
-            "gcc": toolchain.gcc_version, "jobs": jobs, "objects": total, "build_seconds": round(build_seconds, 1),
+            "opt_level": opt_level, "gcc": toolchain.gcc_version, "jobs": jobs, "objects": total, "build_seconds": round(build_seconds, 1),
             "route": "TFLM Makefile, out of tree on a private copy of the tree (TENSORFLOW_ROOT + BASE_GENDIR)",
             "made": time.time()}
     (tmp / "flags.json").write_text(json.dumps(flags, indent=1))

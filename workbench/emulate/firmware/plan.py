@@ -5,7 +5,7 @@ of the tree (parsing writes C arrays into the tree it reads, see :mod:`.tree`), 
 ``harness/wb_flags.mk`` making it print its flags, its include folders and every library source
 *after* its kernel specialisation (``cmsis_nn/conv.cc`` in place of the reference ``conv.cc``),
 grouped by the compile rule that builds it and that rule's optimisation level (-Os for the
-framework, -O2 for kernels and CMSIS-NN). Nothing of TFLM's selection logic is re-derived here.
+framework, -O2 for kernels and CMSIS-NN, or one level for all when the library's ``opt_level`` sets it). Nothing of TFLM's selection logic is re-derived here.
 
 Cache: ``<cache>/firmware/plan/<key>/`` with ``plan.json``, ``flags.json`` and ``meta.json``,
 sealed like every firmware cache folder (:mod:`.cache`). Paths inside the tree are stored with
@@ -97,7 +97,7 @@ def compile_command(plan: dict, group: str, source: str, tree_root: Path, toolch
 
 
 def get_plan(tree, machine, toolchain, *, kernels: str, build_type: str, library_key: str, base: Path,
-             timeout: float, say: Say) -> tuple[Path, dict, dict, dict, bool, tuple[str, ...]]:
+             timeout: float, say: Say, opt_level: str | None = None) -> tuple[Path, dict, dict, dict, bool, tuple[str, ...]]:
     """(folder, plan, flags, meta, made now, notes) for the library ``library_key`` names, read from
     the cache or from TFLM's Makefile (a few seconds: copying the tree and parsing the Makefile)."""
     from workbench.emulate.firmware import library as lib_mod
@@ -125,7 +125,7 @@ def get_plan(tree, machine, toolchain, *, kernels: str, build_type: str, library
             raise ToolMissingError("make", "apt-get install make")
         t0 = time.perf_counter()
         root = lib_mod.pristine_copy(tree.root, tmp / "tree")
-        args = lib_mod.make_args(root, machine, kernels, build_type, toolchain, tmp / "gen")
+        args = lib_mod.make_args(root, machine, kernels, build_type, toolchain, tmp / "gen", opt_level)
         try:
             vals = lib_mod.read_make_vars(make, str(root / lib_mod.MAKEFILE), args, cwd=tmp,
                                           timeout=timeout)
@@ -138,7 +138,7 @@ def get_plan(tree, machine, toolchain, *, kernels: str, build_type: str, library
             shutil.rmtree(tmp / "gen", ignore_errors=True)
         meta = {"key": key, "library_key": library_key, "plan": PLAN_VERSION, "tflm": tree.content_key,
                 "core": machine.core, "tflm_arch": machine.tflm_arch, "kernels": kernels, "build_type": build_type,
-                "gcc": toolchain.gcc_version, "sources": len(all_sources(plan)),
+                "opt_level": opt_level, "gcc": toolchain.gcc_version, "sources": len(all_sources(plan)),
                 "seconds": round(time.perf_counter() - t0, 1), "made": time.time()}
         for name, doc in zip(SERVED, (plan, flags, meta)):
             (tmp / name).write_text(json.dumps(doc, indent=1))

@@ -74,6 +74,7 @@ class FirmwareReport:
     latency_method: str = ""  # "core timing model" or "fitted CPI (...)"
     cpi_latency_ms: float | None = None  # cross-check: instructions x the CPI fitted to cpi_source's software
     timing: dict | None = None  # histogram, cycles (lower / board) per invocation and per op: workbench.emulate.firmware.timed
+    opt_level: str | None = None  # one -O level for every TFLM / CMSIS-NN source; None: TFLM's own (-Os core, -O2 kernels)
 
     def to_dict(self) -> dict:
         """JSON-safe values (the outputs array is left out)."""
@@ -111,7 +112,7 @@ def _arena_plan(used: int) -> int:
 def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str = "cmsis-nn",
                  build_type: str = DEFAULT_BUILD_TYPE, timeout: float = DEFAULT_TIMEOUT, layout: str = "plain",
                  lang: str = "cpp", jobs: int | None = None, cache: bool = True, say=None,
-                 timing: bool = True) -> FirmwareReport:
+                 timing: bool = True, opt_level: str | None = None) -> FirmwareReport:
     """Build ``model_path``'s firmware for ``target``'s core and run it on QEMU.
 
     ``inputs``: an array (N, *input shape) in the model's input dtype (float values for a
@@ -125,7 +126,9 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     when a tool fails (a build that fails or times out, a link error, QEMU timing out or
     stopping without a report): never a verdict on the model. ``say`` receives progress lines
     and notes (default: stderr); a cached library or image that fails its integrity check is
-    rebuilt, and the report's ``notes`` say so.
+    rebuilt, and the report's ``notes`` say so. ``opt_level`` (``-Os``, ``-O2``, ``-O3``, ...) compiles every
+    TFLM and CMSIS-NN source at that level, as mbed-os, the Arduino Mbed core and Zephyr (-Os) do; None
+    keeps TFLM's Makefile levels (-Os framework, -O2 kernels). Each level is its own cached library.
     """
     t = _load_target(target)
     if getattr(t, "kind", "mcu") != "mcu":
@@ -133,7 +136,8 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
     machine = machine_for_core(t.core)
     toolchain = find_toolchain()
     tree = find_tree(tflm_dir)
-    lib = get_library(tree, machine, toolchain, kernels=kernels, build_type=build_type, jobs=jobs, say=say)
+    lib = get_library(tree, machine, toolchain, kernels=kernels, build_type=build_type, jobs=jobs, say=say,
+                      opt_level=opt_level)
     t0 = time.perf_counter()
     img: FirmwareImage = build_image(model_path, machine, tree, toolchain, lib, layout=layout, lang=lang, cache=cache,
                                      say=say)
@@ -187,4 +191,4 @@ def run_firmware(model_path, target, *, inputs=None, tflm_dir=None, kernels: str
         library_seconds=round(lib.seconds, 1), firmware_key=img.key, firmware_cached=img.cached,
         tflm=tree.content_key, toolchain=toolchain.gcc_version, ops=img.ops, notes=notes,
         latency_lower_ms=lower, latency_method=method, cpi_latency_ms=None if lat is None else round(lat, 4),
-        timing=timed)
+        timing=timed, opt_level=opt_level)

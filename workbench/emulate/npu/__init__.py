@@ -18,10 +18,11 @@ def _builtin() -> None:
 
 def emulate_on_npu(path, handle, target, *, threads: int | None = None, eval_data=None, reference=None,
                    eval_samples: int | None = 500, metric: str | None = None, timeout: float = 300.0,
-                   firmware: bool | None = None, tflm_dir=None):
+                   firmware: bool | None = None, tflm_dir=None, opt_level: str | None = None):
     """The TargetReport of ``path`` (a loaded .tflite ``handle``) on ``target``'s NPU; ``firmware`` and
-    ``tflm_dir`` as for ``emulate``: the host core's firmware counts the instructions of the ops left on the CPU."""
+    ``tflm_dir`` and ``opt_level`` as for ``emulate``: the host core's firmware counts the instructions of the ops left on the CPU."""
     _builtin()
     return NPU_EMULATORS.get(target.npu.family)(path, handle, target, threads=threads, eval_data=eval_data,
                                                 reference=reference, eval_samples=eval_samples, metric=metric,
-                                                timeout=timeout, firmware=firmware, tflm_dir=tflm_dir)
+                                                timeout=timeout, firmware=firmware, tflm_dir=tflm_dir,
+                                                opt_level=opt_level)

@@ -70,7 +70,7 @@ def _system_clock(name: str) -> float | None:
 @NPU_EMULATORS.register("ethos-u")
 def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_data=None, reference=None,
                     eval_samples=500, metric=None, timeout: float = 300.0, firmware: bool | None = None,
-                    tflm_dir=None) -> TargetReport:
+                    tflm_dir=None, opt_level: str | None = None) -> TargetReport:
     from workbench.export.vela import compile_for_npu
     from workbench.frontends.tflite_reader import read_tflite_bytes
 
@@ -102,7 +102,7 @@ def emulate_ethos_u(path: Path, handle, target: Target, *, threads=None, eval_da
     cpu_ms = sum(r["cpu_ms"] for r in cpu_rows)
     fw_notes: list[str] = []
     host, host_instr = host_firmware(path, handle.meta["graph"], compiled, cpu_ops, target, firmware=firmware,
-                                     tflm_dir=tflm_dir, notes=fw_notes)
+                                     tflm_dir=tflm_dir, notes=fw_notes, opt_level=opt_level)
     if host is not None:
         for r in cpu_rows:
             r["firmware_instructions"] = host_instr.get(r["index"])

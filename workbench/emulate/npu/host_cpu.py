@@ -37,7 +37,7 @@ def output_names(graph, op) -> tuple[str, ...]:
 
 
 def host_firmware(path, original_graph, compiled_graph, cpu_ops, target: Target, *, firmware: bool | None,
-                  tflm_dir, notes: list[str]) -> tuple[dict | None, dict]:
+                  tflm_dir, notes: list[str], opt_level: str | None = None) -> tuple[dict | None, dict]:
     """(summary of the host-core firmware run or None, {compiled op index: instructions or None})."""
     if firmware is False:
         return None, {}
@@ -48,7 +48,7 @@ def host_firmware(path, original_graph, compiled_graph, cpu_ops, target: Target,
         notes.append(f"No host-core firmware run ({why_not}): the CPU ops' time is the cost model only.")
         return None, {}
     try:
-        fw = run_firmware(path, target, tflm_dir=tflm_dir)
+        fw = run_firmware(path, target, tflm_dir=tflm_dir, opt_level=opt_level)
     except (ToolFailure, MissingDependencyError, UnsupportedError, RuntimeFailure) as exc:
         if firmware:
             raise
