@@ -240,15 +240,17 @@ def fit_mcu_timing(tflm_dir: str | None) -> dict:
             profiles.append(t)
     data = yaml.safe_load(bf.ROWS_FILE.read_text())
     boards, checks = data["boards"], [r for r in data["rows"] if r["use"] == "check"]
-    traces: dict = {}  # (canonical core, model) -> timing dict of the firmware's one traced inference
+    traces: dict = {}  # (canonical core, model, opt level) -> timing dict of the firmware's one traced inference
 
-    def timing(core: str, key: str) -> dict:
+    def timing(core: str, key: str, level: str | None = None) -> dict:
+        """The timing of ``key``'s firmware on ``core``, built at ``level`` (None: TFLM's own levels)."""
         core = machine_for_core(core).core
-        if (core, key) not in traces:
+        if (core, key, level) not in traces:
             path = bf.models([key], tflm_dir)[key]
             target = next(n for c, n in bf.CORE_TARGET.items() if machine_for_core(c).core == core)
-            traces[(core, key)] = run_firmware(path, target, tflm_dir=tflm_dir, jobs=2, timing=True).timing
-        return traces[(core, key)]
+            traces[(core, key, level)] = run_firmware(path, target, tflm_dir=tflm_dir, jobs=2, timing=True,
+                                                      opt_level=level).timing
+        return traces[(core, key, level)]
 
     paths = bf.models(list(MLPERF_KEYS) + sorted({r["model"] for r in checks}), tflm_dir)
     feat = {k: features(p) for k, p in paths.items()}
@@ -281,7 +283,8 @@ def fit_mcu_timing(tflm_dir: str | None) -> dict:
 
     print("\nHeld-out published rows (use: check): the static model fitted as above for the row's board (its target "
           "profile's memory and clock, or the board's own in published_rows.yaml), against the published latency. "
-          "'static LOO' refits without the row's model when it is one of the fitted ones (else the same fit)")
+          "'static LOO' refits without the row's model when it is one of the fitted ones (else the same fit). The static "
+          "model describes TFLM's own -O levels; 'timing' builds the row's model at the row's level (published_rows.yaml opt_level)")
     print(f"{'board':<14} {'core':<11} {'model':<13} {'published':>10} {'static ms':>10} {'error':>8} "
           f"{'static LOO':>10} {'error':>8} {'timing ms':>10} {'error':>8}")
     held = {}
@@ -293,7 +296,7 @@ def fit_mcu_timing(tflm_dir: str | None) -> dict:
         loo = _timing_fit(feat, cyc, [p for p in TIMING_FIT_POINTS if p != r["model"]])
         static_ms = predict_mcu(feat[r["model"]], coef, mhz * 1e6)
         loo_ms = predict_mcu(feat[r["model"]], loo, mhz * 1e6)
-        timed_ms = on_board(timing(b["core"], r["model"]), memory, mhz)["latency_ms"]
+        timed_ms = on_board(timing(b["core"], r["model"], r.get("opt_level")), memory, mhz)["latency_ms"]
         held.setdefault(b["core"], []).append({"row": f"{r['board']} {r['model']}", "static": static_ms / r["ms"] - 1,
                                                "loo": loo_ms / r["ms"] - 1, "timing": timed_ms / r["ms"] - 1})
         print(f"{r['board']:<14} {b['core']:<11} {r['model']:<13} {r['ms']:>10.3f} {static_ms:>10.3f} "

@@ -162,12 +162,12 @@ def estimate(path: Path, target: str) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:80]}"}
 
 
-def run(path: Path, core: str, args, build_type: str | None = None, timing: bool = True):
+def run(path: Path, core: str, args, build_type: str | None = None, timing: bool = True, opt_level: str | None = None):
     from workbench.emulate.firmware import run_firmware
     from workbench.emulate.firmware.library import DEFAULT_BUILD_TYPE
 
     return run_firmware(path, CORE_TARGET[core], tflm_dir=args.tflm_dir, jobs=args.jobs,
-                        build_type=build_type or DEFAULT_BUILD_TYPE, timing=timing)
+                        build_type=build_type or DEFAULT_BUILD_TYPE, timing=timing, opt_level=opt_level)
 
 
 # --------------------------------------------------------------------------- CPI fit
@@ -319,11 +319,13 @@ def heldout(args) -> dict:
 
     data = yaml.safe_load(ROWS_FILE.read_text())
     boards, rows = data["boards"], data["rows"]
-    traces: dict = {}
+    traces: dict = {}  # (core, model, opt level) -> FirmwareReport; None = TFLM's own levels (-Os core, -O2 kernels)
     for r in rows:
         core = boards[r["board"]]["core"]
-        if (core, r["model"]) not in traces:
-            traces[(core, r["model"])] = run(models([r["model"]], args.tflm_dir)[r["model"]], core, args)
+        for level in {None, r.get("opt_level")}:
+            if (core, r["model"], level) not in traces:
+                traces[(core, r["model"], level)] = run(models([r["model"]], args.tflm_dir)[r["model"]], core, args,
+                                                        opt_level=level)
     if args.fit_boards:
         for name, b in boards.items():
             fit_rows = [r for r in rows if r["board"] == name and r["use"] == "fit"]
@@ -332,35 +334,44 @@ def heldout(args) -> dict:
             w = b["memory"]["flash_wait_states"]
             fs = []
             for r in fit_rows:
-                t = traces[(b["core"], r["model"])].timing
+                t = traces[(b["core"], r["model"], r.get("opt_level"))].timing
                 cycles = r["ms"] * 1e-3 * b["clock_mhz"] * 1e6
                 fs.append((cycles - t["cycles_core"]) / (w * (t["taken_branches"] + t["flash_reads"])))
             f = round(sum(fs) / len(fs), 3)
             print(f"board {name}: stall_fraction from its `use: fit` rows ({', '.join(r['model'] for r in fit_rows)}) "
                   f"= {f} (published_rows.yaml says {b['memory']['stall_fraction']})")
-    print(f"\n{'board':<14} {'core':<11} {'model':<13} {'use':<17} {'published':>10} {'lower':>9} {'predicted':>10} "
-          f"{'error':>8} {'CPI x-check':>11}  software")
+    print(f"\n{'board':<14} {'core':<11} {'model':<13} {'use':<17} {'published':>10} {'level':>6} {'lower':>9} "
+          f"{'predicted':>10} {'error':>8} {'TFLM levels':>11} {'error':>8} {'CPI x-check':>11}  software")
     errors: dict = {}
+    default_errors: dict = {}
     out = []
     for r in rows:
         b = boards[r["board"]]
-        rep = traces[(b["core"], r["model"])]
-        pred = on_board(rep.timing, board_memory(b), float(b["clock_mhz"]))
+        level = r.get("opt_level")
+        rep = traces[(b["core"], r["model"], level)]
+        memory, mhz = board_memory(b), float(b["clock_mhz"])
+        pred = on_board(rep.timing, memory, mhz)
         err = pred["latency_ms"] / r["ms"] - 1
-        cpi_ms, _, _ = C.latency_ms(rep.instructions, list(rep.per_op), b["core"], float(b["clock_mhz"]))
+        default_ms = on_board(traces[(b["core"], r["model"], None)].timing, memory, mhz)["latency_ms"]
+        cpi_ms, _, _ = C.latency_ms(rep.instructions, list(rep.per_op), b["core"], mhz)
         xcheck = "-" if cpi_ms is None else f"{cpi_ms:.2f}"
-        print(f"{r['board']:<14} {b['core']:<11} {r['model']:<13} {r['use']:<17} {r['ms']:>10.3f} "
-              f"{pred['latency_lower_ms']:>9.3f} {pred['latency_ms']:>10.3f} {err:>+8.1%} {xcheck:>11}  {r['software'][:70]}")
+        print(f"{r['board']:<14} {b['core']:<11} {r['model']:<13} {r['use']:<17} {r['ms']:>10.3f} {level or '-':>6} "
+              f"{pred['latency_lower_ms']:>9.3f} {pred['latency_ms']:>10.3f} {err:>+8.1%} {default_ms:>11.3f} "
+              f"{default_ms / r['ms'] - 1:>+8.1%} {xcheck:>11}  {r['software'][:60]}")
         if r["use"] == "check":
             errors.setdefault(b["core"], []).append(err)
-        out.append({**r, "core": b["core"], "predicted_ms": round(pred["latency_ms"], 4),
-                    "lower_ms": round(pred["latency_lower_ms"], 4), "error": round(err, 4)})
-    print("\nheld-out rows (use: check), per core:")
+            default_errors.setdefault(b["core"], []).append(default_ms / r["ms"] - 1)
+        out.append({**r, "core": b["core"], "opt_level": level, "instructions": rep.instructions,
+                    "predicted_ms": round(pred["latency_ms"], 4), "lower_ms": round(pred["latency_lower_ms"], 4),
+                    "error": round(err, 4), "tflm_levels_ms": round(default_ms, 4)})
+    print("\nheld-out rows (use: check), per core, each built at its source's level:")
     for core, errs in errors.items():
         a = [abs(e) for e in errs]
-        print(f"  {core:<11} {len(a)} row(s): median |error| {statistics.median(a):.1%}, worst {max(a):.1%}")
+        d = [abs(e) for e in default_errors[core]]
+        print(f"  {core:<11} {len(a)} row(s): median |error| {statistics.median(a):.1%}, worst {max(a):.1%}   "
+              f"(built at TFLM's own levels instead: median {statistics.median(d):.1%}, worst {max(d):.1%})")
     for core in sorted({b["core"] for b in boards.values()} - set(errors)):
-        print(f"  {core:<11} no held-out row (only rows marked fit / software-differs)")
+        print(f"  {core:<11} no held-out row (only rows marked fit / software-differs / measurement-fault)")
     summary = {core: {"rows": len(errs), "median_abs_error": round(statistics.median(abs(e) for e in errs), 4),
                       "worst_abs_error": round(max(abs(e) for e in errs), 4)} for core, errs in errors.items()}
     if args.write:
@@ -368,8 +379,11 @@ def heldout(args) -> dict:
 
         write_heldout(out, summary)
         print(f"\nstored in {HELDOUT_FILE} (the reports of these cores show it)")
-    print("\nlower = zero wait states (core timing model); predicted = board estimate (+ flash stalls of the "
-          "board's memory); CPI x-check = instructions x the CPI fitted to TFLM 2.3.1 (2020) rows "
+    print("\nlevel = the -O level the row's build compiled TFLM and CMSIS-NN at (its source or its build system's "
+          "documented default; '-' = not stated: TFLM's own levels), the firmware built here at it (emulate "
+          "--opt-level); lower = zero wait states (core timing model); predicted = board estimate (+ flash stalls "
+          "of the board's memory); TFLM levels = the same board estimate with TFLM's Makefile levels (-Os framework, "
+          "-O2 kernels); CPI x-check = instructions x the CPI fitted to TFLM 2.3.1 (2020) rows "
           "(workbench/emulate/firmware/cpi.py)")
     return {"rows": out, "errors": errors}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from workbench.emulate.firmware.library import OPT_LEVELS
 from workbench.emulate.targets import MemorySpec, load_target
 
 ROWS = Path(__file__).resolve().parents[1] / "workbench" / "emulate" / "firmware" / "published_rows.yaml"
@@ -23,7 +24,8 @@ def test_every_row_names_a_known_board_and_model_and_its_source():
     for r in d["rows"]:
         assert r["board"] in d["boards"], r
         assert r["model"] in MLPERF_TINY or r["model"] in d["models"], r
-        assert r["use"] in ("fit", "check", "software-differs"), r
+        assert r["use"] in ("fit", "check", "software-differs", "measurement-fault"), r
+        assert r.get("opt_level") in (None, *OPT_LEVELS), r
         assert r["ms"] > 0 and r["software"] and r["published"] and r["url"].startswith("https://"), r
 
 
@@ -71,3 +73,23 @@ def test_stored_heldout_errors_cover_every_check_row_and_add_up():
         assert s["rows"] == len(errs)
         assert s["median_abs_error"] == pytest.approx(statistics.median(errs), abs=1e-3)
         assert s["worst_abs_error"] == pytest.approx(max(errs), abs=1e-3)
+
+
+def test_a_measurement_fault_source_has_a_row_no_cortex_m_could_run():
+    """A source is marked measurement-fault only when one of its rows needs more than two instructions per cycle
+    (the instructions of the firmware built here at the row's level over the published cycles): no Cortex-M core
+    issues more. Every row of such a source is marked, and no other row breaks the rule."""
+    import json
+
+    d = _data()
+    stored = {(r["board"], r["model"]): r for r in json.loads((ROWS.parent / "heldout.json").read_text())["rows"]}
+
+    def ipc(r):
+        s = stored[(r["board"], r["model"])]
+        assert s["opt_level"] == r.get("opt_level") and s["instructions"] > 0
+        return s["instructions"] / (r["ms"] * 1e3 * d["boards"][r["board"]]["clock_mhz"])
+
+    faulty = {r["url"] for r in d["rows"] if ipc(r) > 2.0}
+    assert faulty, "no row breaks the rule: nothing should be marked measurement-fault"
+    for r in d["rows"]:
+        assert (r["use"] == "measurement-fault") == (r["url"] in faulty), (r["board"], r["model"], round(ipc(r), 2))

@@ -107,7 +107,8 @@ def write_heldout(rows: list[dict], cores: dict) -> None:
     import json
     from pathlib import Path
 
-    keep = ("board", "core", "model", "use", "ms", "predicted_ms", "lower_ms", "error", "software")
+    keep = ("board", "core", "model", "use", "ms", "opt_level", "instructions", "predicted_ms", "lower_ms", "error",
+            "tflm_levels_ms", "software")
     doc = {"regenerate": REGENERATE,
            "what": "the core timing model's board estimate for each published row of published_rows.yaml; "
                    "per core, the |error| of the rows marked use: check (never used to set a constant)",
