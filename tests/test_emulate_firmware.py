@@ -63,6 +63,22 @@ def test_text_report_says_it_is_the_firmware(digits_tflite_int8):
     assert "linked firmware" in r.output and "instructions" in r.output and "FITS on nrf52840" in r.output
 
 
+def test_the_build_level_is_said_and_the_chosen_one_is_used(digits_tflite_int8):
+    """Without --opt-level the report says the firmware is at TFLM's own levels and how to measure an -Os build;
+    with it, the JSON and the text name the level, and the kernels at -Os execute more instructions."""
+    default = json.loads(run_cli("emulate", digits_tflite_int8, "--target", "stm32l4r5", "--json").stdout)
+    assert default["firmware"]["opt_level"] is None
+    assert any("--opt-level -Os" in n for n in default["notes"])
+    r = run_cli("emulate", digits_tflite_int8, "--target", "stm32l4r5", "--opt-level", "-Os", "--json")
+    assert r.exit_code == 0, r.output
+    small = json.loads(r.stdout)
+    assert small["firmware"]["opt_level"] == "-Os" and not any("--opt-level -Os" in n for n in small["notes"])
+    assert small["firmware"]["instructions"] > default["firmware"]["instructions"]
+    assert small["latency_ms"] > default["latency_ms"]
+    text = run_cli("emulate", digits_tflite_int8, "--target", "stm32l4r5", "--opt-level", "-Os")
+    assert "firmware built at -Os on QEMU" in text.output
+
+
 def test_no_firmware_gives_the_estimate(digits_tflite_int8):
     d = emulate(digits_tflite_int8, "stm32l4r5", firmware=False).to_dict()
     assert d["method"] == "estimate" and d["firmware"] is None
