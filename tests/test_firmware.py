@@ -246,13 +246,17 @@ def test_one_opt_level_builds_every_source_at_it_and_changes_only_the_speed(fw_e
 
 def test_opt_level_is_checked_and_keys_its_own_library():
     from workbench.core.errors import ConfigError
-    from workbench.emulate.firmware.library import OPT_VARS, check_options, library_key, make_args
+    from workbench.emulate.firmware.library import OPT_LEVELS, OPT_VARS, check_options, library_key, make_args
     from workbench.emulate.firmware.machines import machine_for_core
     from workbench.emulate.firmware.toolchain import Toolchain
     from workbench.emulate.firmware.tree import TflmTree
 
+    from workbench.cli.emulate_cmd import emulate_cmd
+
     with pytest.raises(ConfigError, match="-O9"):
         check_options("cmsis-nn", "release_with_logs", "-O9")
+    choice = next(p for p in emulate_cmd.params if p.name == "opt_level").type
+    assert tuple(choice.choices) == OPT_LEVELS
     m = machine_for_core("Cortex-M4F")
     bin_ = Path("/usr/bin")
     tc = Toolchain(gcc=bin_ / "arm-none-eabi-gcc", gxx=bin_ / "arm-none-eabi-g++", size=bin_ / "arm-none-eabi-size",

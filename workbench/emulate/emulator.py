@@ -154,13 +154,10 @@ def _firmware_problem(exc: WorkbenchError, graph) -> dict:
 
 
 def _check_opt_level(opt_level: str | None, tgt: Target, firmware: bool | None) -> None:
-    """An optimisation level is a property of a firmware build: refused where no firmware is built."""
+    """An optimisation level is a property of a firmware build: refused where no firmware is built (the level
+    itself is checked by the firmware library)."""
     if opt_level is None:
         return
-    from workbench.emulate.firmware.library import OPT_LEVELS
-
-    if opt_level not in OPT_LEVELS:
-        raise ConfigError(f"Unknown firmware optimisation level {opt_level!r}; expected one of {', '.join(OPT_LEVELS)}.")
     if tgt.runtime.name != "tflm" or firmware is False:
         why = "--no-firmware gives the estimate only" if firmware is False else f"'{tgt.name}' runs {tgt.runtime.name}"
         raise ConfigError(f"An optimisation level ({opt_level}) applies to the MCU firmware build, and none is built "
