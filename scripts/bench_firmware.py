@@ -320,12 +320,12 @@ def heldout(args) -> dict:
     data = yaml.safe_load(ROWS_FILE.read_text())
     boards, rows = data["boards"], data["rows"]
     traces: dict = {}  # (core, model, opt level) -> FirmwareReport; None = TFLM's own levels (-Os core, -O2 kernels)
+    paths = models(sorted({r["model"] for r in rows}), args.tflm_dir)
     for r in rows:
         core = boards[r["board"]]["core"]
         for level in {None, r.get("opt_level")}:
             if (core, r["model"], level) not in traces:
-                traces[(core, r["model"], level)] = run(models([r["model"]], args.tflm_dir)[r["model"]], core, args,
-                                                        opt_level=level)
+                traces[(core, r["model"], level)] = run(paths[r["model"]], core, args, opt_level=level)
     if args.fit_boards:
         for name, b in boards.items():
             fit_rows = [r for r in rows if r["board"] == name and r["use"] == "fit"]
@@ -364,16 +364,19 @@ def heldout(args) -> dict:
         out.append({**r, "core": b["core"], "opt_level": level, "instructions": rep.instructions,
                     "predicted_ms": round(pred["latency_ms"], 4), "lower_ms": round(pred["latency_lower_ms"], 4),
                     "error": round(err, 4), "tflm_levels_ms": round(default_ms, 4)})
-    print("\nheld-out rows (use: check), per core, each built at its source's level:")
-    for core, errs in errors.items():
+    def spread(errs: list) -> dict:
         a = [abs(e) for e in errs]
-        d = [abs(e) for e in default_errors[core]]
-        print(f"  {core:<11} {len(a)} row(s): median |error| {statistics.median(a):.1%}, worst {max(a):.1%}   "
-              f"(built at TFLM's own levels instead: median {statistics.median(d):.1%}, worst {max(d):.1%})")
+        return {"rows": len(a), "median_abs_error": round(statistics.median(a), 4), "worst_abs_error": round(max(a), 4)}
+
+    summary = {core: spread(errs) for core, errs in errors.items()}
+    print("\nheld-out rows (use: check), per core, each built at its source's level:")
+    for core, s in summary.items():
+        d = spread(default_errors[core])
+        print(f"  {core:<11} {s['rows']} row(s): median |error| {s['median_abs_error']:.1%}, worst "
+              f"{s['worst_abs_error']:.1%}   (built at TFLM's own levels instead: median {d['median_abs_error']:.1%}, "
+              f"worst {d['worst_abs_error']:.1%})")
     for core in sorted({b["core"] for b in boards.values()} - set(errors)):
         print(f"  {core:<11} no held-out row (only rows marked fit / software-differs / measurement-fault)")
-    summary = {core: {"rows": len(errs), "median_abs_error": round(statistics.median(abs(e) for e in errs), 4),
-                      "worst_abs_error": round(max(abs(e) for e in errs), 4)} for core, errs in errors.items()}
     if args.write:
         from workbench.emulate.firmware.timed import HELDOUT_FILE, write_heldout
 

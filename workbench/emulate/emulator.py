@@ -103,6 +103,8 @@ def emulate(model_path: str | Path, target: str | Path | Target, eval_data=None,
     if fw is not None:
         from workbench.emulate.on_firmware import firmware_memory
 
+        notes.extend(_level_note(opt_level))
+
         mem = firmware_memory(fw, tgt)
     else:
         mem, support = _memory(path, graph, tgt, context, support)
@@ -205,7 +207,6 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
         if eval_data is None:
             fw = run_firmware(handle.path, tgt, tflm_dir=tflm_dir, opt_level=opt_level)
             notes.extend(fw.notes)
-            notes.extend(_level_note(opt_level))
             return fw, None, support, None
         runner = FirmwareRunner(handle, tgt, tflm_dir, opt_level)
         accuracy = _accuracy(handle, tgt, 1, eval_data, reference, eval_samples, runner=runner, metric=metric)
@@ -217,7 +218,6 @@ def _on_firmware(handle, tgt: Target, support: compat.Compat, firmware: bool | N
             except WorkbenchError as exc:  # e.g. a LUT-compressed model: LiteRT has no DECODE kernel
                 accuracy["vs_litert"] = {"skipped": exc.message.splitlines()[0][:300]}
         notes.extend(runner.report.notes if runner.report is not None else ())
-        notes.extend(_level_note(opt_level) if runner.report is not None else ())
         return runner.report, accuracy, support, None
     except (ToolFailure, MissingDependencyError) as exc:  # the tool failed, not the model: no verdict
         notes.append(f"No verdict: the firmware emulation failed ({exc.message.splitlines()[0][:300]}); flash, RAM "

@@ -5,7 +5,8 @@ of the tree (parsing writes C arrays into the tree it reads, see :mod:`.tree`), 
 ``harness/wb_flags.mk`` making it print its flags, its include folders and every library source
 *after* its kernel specialisation (``cmsis_nn/conv.cc`` in place of the reference ``conv.cc``),
 grouped by the compile rule that builds it and that rule's optimisation level (-Os for the
-framework, -O2 for kernels and CMSIS-NN, or one level for all when the library's ``opt_level`` sets it). Nothing of TFLM's selection logic is re-derived here.
+framework, -O2 for kernels and CMSIS-NN, or one level for all when the library's ``opt_level``
+sets it). Nothing of TFLM's selection logic is re-derived here.
 
 Cache: ``<cache>/firmware/plan/<key>/`` with ``plan.json``, ``flags.json`` and ``meta.json``,
 sealed like every firmware cache folder (:mod:`.cache`). Paths inside the tree are stored with
